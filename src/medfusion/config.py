@@ -1,0 +1,318 @@
+"""Run configuration: frozen dataclasses loaded from YAML, with --set overrides and validation.
+
+One resolved Config drives a whole run and is written to logs/<run>/config.yaml before
+training, so a run can always be explained (and, later, resumed) from its folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from medfusion.constants import IMAGE_MODALITIES, MODALITIES, canonical_combination
+
+
+class ConfigError(ValueError):
+    """A config value or key a user must fix; the message names it."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    data_dir: str = "data/demo"
+    demo: bool = False  # generate the embedded demo dataset into data_dir when it is missing
+    demo_seed: int = 7
+    demo_patients: int = 80
+    metadata_csv: str = "metadata.csv"
+    depth_boxes_csv: str = "bounding_boxes_depth.csv"
+    thermal_boxes_csv: str = "bounding_boxes_thermal.csv"
+    folders: dict = field(default_factory=lambda: {m: m for m in IMAGE_MODALITIES})
+    label_column: str = "Healing Phase Abs"
+    image_size: int = 64
+    box_margin: float = 0.15  # fraction of the box size added on each side before cropping
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "efficientnet_b3"
+    weights: str = "none"  # none | imagenet | path to a .weights.h5 / .h5 file
+    head_units: int = 64
+    dropout: float = 0.3
+    fusion_init_rf_weight: float = 0.7
+    # Adam moves a parameter by about lr per step whatever its gradient; the single fusion
+    # logit is multiplied by this so it can move within a stage at the heads' learning rate.
+    fusion_logit_scale: float = 10.0
+
+
+@dataclass(frozen=True)
+class ForestConfig:
+    n_estimators: int = 300
+    max_depth: Optional[int] = None
+    min_samples_leaf: int = 2
+    inner_folds: int = 5
+    class_weight: Optional[str] = "balanced"
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    epochs: int = 30
+    lr: float = 1e-3
+    patience: int = 6
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 16  # per replica; the global batch is this times the replica count
+    focal_gamma: float = 2.0
+    max_alpha_ratio: float = 3.0  # cap on max/min focal alpha; 0 disables the cap (review flags it)
+    augment: bool = True
+    pretrain: StageConfig = field(default_factory=lambda: StageConfig(epochs=30, lr=1e-3, patience=6))
+    stage1: StageConfig = field(default_factory=lambda: StageConfig(epochs=30, lr=1e-3, patience=6))
+    stage2: StageConfig = field(default_factory=lambda: StageConfig(epochs=15, lr=1e-5, patience=5))
+    # Stage 2 unfreezing: "all", or a positive integer N = the top N weight-carrying backbone
+    # layers. There is deliberately no value meaning "never": to skip Stage 2 set stage2.epochs: 0.
+    unfreeze: str = "all"
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    modalities: tuple = ("metadata", "depth_rgb", "thermal_map")
+    combinations: tuple = ()  # empty: every non-empty combination of `modalities`
+    cv_folds: int = 5
+    data_percentage: float = 100.0
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    run_name: str = ""  # empty: derived from the config file name
+    logs_dir: str = "logs"
+    device_mode: str = "single"  # cpu | single | multi | custom
+    gpus: tuple = ()
+    cpu_replicas: int = 1
+    verbosity: int = 1
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    forest: ForestConfig = field(default_factory=ForestConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def _valid_keys(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML value to the annotated type or raise a ConfigError naming the key."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union or isinstance(tp, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _coerce(value, args[0], key)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r} must be a mapping, got {value!r}")
+        return _build(tp, value, key + ".")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
+            return value.lower() in ("true", "yes")
+        raise ConfigError(f"config key {key!r} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"config key {key!r} must be an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"config key {key!r} must be an integer, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"config key {key!r} must be a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config key {key!r} must be a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"config key {key!r} must be a string, got {value!r}")
+        return str(value)
+    if tp is tuple:
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            value = [v for v in value.replace(" ", "").split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {key!r} must be a list, got {value!r}")
+        return tuple(value)
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r} must be a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def _build(cls, values: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(values) - set(_valid_keys(cls)))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {prefix + unknown[0]!r}; valid keys under "
+            f"{prefix.rstrip('.') or 'the top level'}: {', '.join(_valid_keys(cls))}"
+        )
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def config_to_dict(cfg) -> dict:
+    """Plain, YAML-safe dict (tuples become lists)."""
+
+    def plain(v):
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set {dotted!r}: {p!r} is not a section")
+    node[parts[-1]] = value
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """'train.stage2.lr=1e-5' -> ('train.stage2.lr', 1e-05); values parsed as YAML scalars."""
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value (e.g. train.stage2.lr=1e-5), got {item!r}")
+    key, raw = item.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    if isinstance(value, str):  # YAML reads 1e-5 as a string; try a number first
+        try:
+            value = float(value) if any(c in value for c in ".eE") else int(value)
+        except ValueError:
+            pass
+    return key.strip(), value
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> Config:
+    """Read a YAML config (or the defaults), apply dotted-key overrides, validate."""
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist; pass --config PATH to a YAML file")
+        try:
+            tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
+    for key, value in (overrides or {}).items():
+        _set_dotted(tree, key, value)
+    cfg = _build(Config, tree)
+    if not cfg.runtime.run_name:
+        stem = Path(path).stem if path is not None else "default"
+        cfg = replace(cfg, "runtime.run_name", stem)
+    validate(cfg)
+    return cfg
+
+
+def replace(cfg: Config, dotted: str, value: Any) -> Config:
+    """Return a copy of cfg with one dotted key changed."""
+    head, _, rest = dotted.partition(".")
+    if not rest:
+        return dataclasses.replace(cfg, **{head: value})
+    return dataclasses.replace(cfg, **{head: replace(getattr(cfg, head), rest, value)})
+
+
+def _check(cond: bool, key: str, value: Any, want: str) -> None:
+    if not cond:
+        raise ConfigError(f"config key {key!r} = {value!r} is out of range: {want}")
+
+
+def validate(cfg: Config) -> None:
+    d, m, f, t, s, r = cfg.data, cfg.model, cfg.forest, cfg.train, cfg.search, cfg.runtime
+    _check(d.image_size >= 16, "data.image_size", d.image_size, "must be at least 16 pixels")
+    _check(d.box_margin >= 0, "data.box_margin", d.box_margin, "must be >= 0")
+    _check(d.demo_patients >= 10, "data.demo_patients", d.demo_patients, "must be >= 10")
+    unknown_folders = set(d.folders) - set(IMAGE_MODALITIES)
+    _check(not unknown_folders, "data.folders", sorted(unknown_folders), f"keys must be among {IMAGE_MODALITIES}")
+    _check(m.head_units >= 1, "model.head_units", m.head_units, "must be >= 1")
+    _check(0 <= m.dropout < 1, "model.dropout", m.dropout, "must be in [0, 1)")
+    _check(0 < m.fusion_init_rf_weight < 1, "model.fusion_init_rf_weight", m.fusion_init_rf_weight, "must be in (0, 1)")
+    _check(m.fusion_logit_scale > 0, "model.fusion_logit_scale", m.fusion_logit_scale, "must be > 0")
+    _check(f.n_estimators >= 1, "forest.n_estimators", f.n_estimators, "must be >= 1")
+    _check(f.inner_folds >= 2, "forest.inner_folds", f.inner_folds, "must be >= 2")
+    _check(f.min_samples_leaf >= 1, "forest.min_samples_leaf", f.min_samples_leaf, "must be >= 1")
+    _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
+    _check(t.focal_gamma >= 0, "train.focal_gamma", t.focal_gamma, "must be >= 0")
+    _check(t.max_alpha_ratio == 0 or t.max_alpha_ratio >= 1, "train.max_alpha_ratio", t.max_alpha_ratio,
+           "must be >= 1 (or 0 to disable the cap)")
+    for name in ("pretrain", "stage1", "stage2"):
+        st = getattr(t, name)
+        _check(st.epochs >= 0, f"train.{name}.epochs", st.epochs, "must be >= 0")
+        _check(st.lr > 0, f"train.{name}.lr", st.lr, "must be > 0")
+        _check(st.patience >= 1, f"train.{name}.patience", st.patience, "must be >= 1")
+    _check(t.stage1.epochs >= 1, "train.stage1.epochs", t.stage1.epochs, "must be >= 1 (Stage 1 trains the fusion head)")
+    unfreeze_layers(t.unfreeze)  # raises on a bad value
+    for mod in s.modalities:
+        _check(mod in MODALITIES, "search.modalities", mod, f"valid modalities: {', '.join(MODALITIES)}")
+    _check(len(s.modalities) >= 1, "search.modalities", s.modalities, "needs at least one modality")
+    for comb in s.combinations:
+        try:
+            canonical_combination(str(comb).split("+"))
+        except ValueError as exc:
+            raise ConfigError(f"config key 'search.combinations': {exc}") from None
+    _check(s.cv_folds >= 2, "search.cv_folds", s.cv_folds, "must be >= 2")
+    _check(0 < s.data_percentage <= 100, "search.data_percentage", s.data_percentage, "must be in (0, 100]")
+    _check(r.device_mode in ("cpu", "single", "multi", "custom"), "runtime.device_mode", r.device_mode,
+           "one of cpu, single, multi, custom")
+    _check(r.device_mode != "custom" or len(r.gpus) > 0, "runtime.gpus", r.gpus, "--device_mode custom needs --gpus, e.g. 0,1")
+    _check(r.cpu_replicas >= 1, "runtime.cpu_replicas", r.cpu_replicas, "must be >= 1")
+    _check(0 <= r.verbosity <= 3, "runtime.verbosity", r.verbosity, "must be 0-3")
+    _check(bool(r.run_name) and "/" not in r.run_name and r.run_name not in (".", ".."),
+           "runtime.run_name", r.run_name, "a plain folder name")
+
+
+def unfreeze_layers(value: str) -> int | None:
+    """'all' -> None (every layer); 'N' -> N > 0. Anything meaning 'never' is rejected."""
+    v = str(value).strip().lower()
+    if v == "all":
+        return None
+    try:
+        n = int(v)
+    except ValueError:
+        n = 0
+    if n <= 0:
+        raise ConfigError(
+            f"config key 'train.unfreeze' = {value!r}: use 'all' or a positive number of top backbone "
+            "layers; to skip Stage 2 entirely set train.stage2.epochs: 0"
+        )
+    return n
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")

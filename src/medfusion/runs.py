@@ -1,0 +1,115 @@
+"""The run folder logs/<run_name>/: creation, atomic writes and per-fold log files.
+
+Every file is written to a temporary sibling and renamed into place, so a crash leaves
+either the old or the new version of a file, never a truncated one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+LOGGER_NAME = "medfusion"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_csv(path: Path, df: pd.DataFrame, float_format: str | None = "%.6f") -> None:
+    buf = io.StringIO()
+    df.to_csv(buf, index=False, float_format=float_format)
+    atomic_write_text(path, buf.getvalue())
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(o):
+    if hasattr(o, "item"):
+        return o.item()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def prepare_run_dir(logs_dir: str | Path, run_name: str, log: logging.Logger) -> Path:
+    """Create logs/<run_name>/; an existing non-empty folder is moved aside, never deleted."""
+    logs_dir = Path(logs_dir)
+    try:
+        logs_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(f"cannot create the logs folder {str(logs_dir)!r}: {exc.strerror}; "
+                      "pass a writable folder with --set runtime.logs_dir=PATH") from None
+    run_dir = logs_dir / run_name
+    if run_dir.exists() and any(run_dir.iterdir()):
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = logs_dir / f"{run_name}.{stamp}"
+        n = 1
+        while aside.exists():
+            aside = logs_dir / f"{run_name}.{stamp}-{n}"
+            n += 1
+        run_dir.rename(aside)
+        log.warning("run folder %s existed: moved aside to %s (nothing was deleted)", run_dir, aside)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not os.access(run_dir, os.W_OK):
+        raise OSError(f"the run folder {str(run_dir)!r} is not writable; pass --set runtime.logs_dir=PATH")
+    return run_dir
+
+
+_CONSOLE_LEVEL = {0: logging.WARNING, 1: logging.INFO, 2: logging.INFO, 3: logging.DEBUG}
+
+
+def setup_console(verbosity: int) -> logging.Logger:
+    log = logging.getLogger(LOGGER_NAME)
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    for h in list(log.handlers):
+        if getattr(h, "_medfusion_console", False):
+            log.removeHandler(h)
+    handler = logging.StreamHandler()
+    handler.setLevel(_CONSOLE_LEVEL.get(verbosity, logging.INFO))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    handler._medfusion_console = True
+    log.addHandler(handler)
+    return log
+
+
+class FileLog:
+    """Attach logs/<run>/<name>.log to the medfusion logger while a block of work runs."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.handler: logging.Handler | None = None
+
+    def __enter__(self):
+        self.handler = logging.FileHandler(self.path, mode="a", encoding="utf-8")
+        self.handler.setLevel(logging.INFO)
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        logging.getLogger(LOGGER_NAME).addHandler(self.handler)
+        return self
+
+    def __exit__(self, *exc):
+        logging.getLogger(LOGGER_NAME).removeHandler(self.handler)
+        self.handler.close()
+        return False

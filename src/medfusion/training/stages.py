@@ -1,0 +1,150 @@
+"""One training stage (pre-training, Stage 1, Stage 2) as data plus the function that runs it.
+
+Each stage compiles afresh inside the strategy scope, computes its own steps_per_epoch
+from its own dataset, logs its trainable parameter count, monitors validation QWK and
+restores its best epoch. Freezing is explicit: backbones are frozen or unfrozen here and
+nowhere else, and BatchNorm layers stay frozen (and in inference mode) when unfrozen.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from medfusion.config import StageConfig
+from medfusion.data.pipeline import eval_dataset, plan_batches, train_dataset
+from medfusion.models.losses import focal_loss
+from medfusion.models.metrics import CohenKappa
+from medfusion.training.callbacks import BestOnMetric, EpochLog
+
+log = logging.getLogger("medfusion")
+
+
+@dataclass
+class StageResult:
+    stage: str
+    lr: float
+    epochs_planned: int
+    epochs_run: int
+    best_epoch: int
+    best_val_qwk: float
+    start_val_qwk: float
+    trainable_params: int
+    total_params: int
+    batch: int
+    global_batch: int
+    steps_per_epoch: int
+    n_train: int
+    n_val: int
+    alpha: list
+    seconds: float
+    stopped_early: bool
+    history: dict = field(default_factory=dict)
+    backbone_change: float | None = None  # relative L2 change of backbone weights (Stage 2)
+    fusion_rf_weight_start: float | None = None
+    fusion_rf_weight_end: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def backbones(model: keras.Model) -> list:
+    return [layer for layer in model.layers if layer.name.endswith("_backbone")]
+
+
+def set_backbones_trainable(model: keras.Model, trainable: bool, unfreeze_top: int | None = None) -> None:
+    """Freeze every backbone, or unfreeze it (all layers, or the top N weight-carrying ones).
+
+    BatchNorm layers are kept frozen in both cases: their statistics were estimated on far
+    more data than one fold, and the backbones are called with training=False anyway.
+    """
+    for bb in backbones(model):
+        if not trainable:
+            bb.trainable = False
+            continue
+        bb.trainable = True
+        weighted = [layer for layer in bb.layers if layer.weights]
+        chosen = set(id(layer) for layer in (weighted if unfreeze_top is None else weighted[-unfreeze_top:]))
+        for layer in bb.layers:
+            is_bn = isinstance(layer, keras.layers.BatchNormalization)
+            layer.trainable = (id(layer) in chosen) and not is_bn
+
+
+def count_params(model: keras.Model) -> tuple[int, int]:
+    trainable = int(sum(np.prod(v.shape) for v in model.trainable_weights))
+    total = int(sum(np.prod(v.shape) for v in model.weights))
+    return trainable, total
+
+
+def backbone_snapshot(model: keras.Model) -> list[np.ndarray]:
+    """Copies of every backbone kernel/bias (not BatchNorm statistics)."""
+    out = []
+    for bb in backbones(model):
+        for layer in bb.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                continue
+            out.extend(np.array(w) for w in layer.get_weights())
+    return out
+
+
+def relative_change(before: list[np.ndarray], after: list[np.ndarray]) -> float:
+    num = sum(float(np.sum((a.astype(np.float64) - b) ** 2)) for a, b in zip(after, before))
+    den = sum(float(np.sum(b.astype(np.float64) ** 2)) for b in before)
+    return float(np.sqrt(num / den)) if den > 0 else float("nan")
+
+
+def _fusion_layer(model):
+    try:
+        return model.get_layer("fusion")
+    except ValueError:
+        return None
+
+
+def run_stage(stage: str, model: keras.Model, strategy: tf.distribute.Strategy, train: tuple, val: tuple,
+              cfg: StageConfig, alpha, gamma: float, per_replica_batch: int, seed: int,
+              augment: bool) -> StageResult:
+    """Compile and fit one stage; the model ends holding its best-epoch weights."""
+    (x_train, y_train), (x_val, y_val) = train, val
+    plan = plan_batches(len(y_train), per_replica_batch, strategy.num_replicas_in_sync)
+    if plan.clamped:
+        log.info("  [%s] batch %d clamped to the dataset size %d", stage, plan.global_batch, plan.batch)
+    with strategy.scope():
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate=cfg.lr),
+                      loss=focal_loss(alpha, gamma),
+                      metrics=[CohenKappa(num_classes=3, weighting="quadratic", name="qwk"), "accuracy"])
+    trainable, total = count_params(model)
+    log.info("  [%s] lr=%g epochs<=%d patience=%d trainable params %d of %d (%.1f%%); n_train=%d n_val=%d "
+             "global batch %d, steps_per_epoch %d; alpha=%s", stage, cfg.lr, cfg.epochs, cfg.patience, trainable,
+             total, 100.0 * trainable / max(total, 1), len(y_train), len(y_val), plan.batch,
+             plan.steps_per_epoch, np.round(np.asarray(alpha), 3).tolist())
+    val_ds = eval_dataset(x_val, y_val, plan.batch)
+    start = model.evaluate(val_ds, verbose=0, return_dict=True)
+    fusion = _fusion_layer(model)
+    w_start = fusion.rf_weight() if fusion is not None else None
+    best = BestOnMetric("val_qwk", cfg.patience)
+    epoch_log = EpochLog(stage, cfg.epochs, cfg.lr, fusion)
+    t0 = time.time()
+    model.fit(train_dataset(x_train, y_train, plan, seed, augment), steps_per_epoch=plan.steps_per_epoch,
+              epochs=cfg.epochs, validation_data=val_ds, callbacks=[best, epoch_log], verbose=0)
+    seconds = time.time() - t0
+    result = StageResult(
+        stage=stage, lr=cfg.lr, epochs_planned=cfg.epochs, epochs_run=len(epoch_log.history.get("loss", [])),
+        best_epoch=best.best_epoch, best_val_qwk=float(best.best), start_val_qwk=float(start["qwk"]),
+        trainable_params=trainable, total_params=total, batch=plan.batch, global_batch=plan.global_batch,
+        steps_per_epoch=plan.steps_per_epoch, n_train=len(y_train), n_val=len(y_val),
+        alpha=[float(a) for a in alpha], seconds=round(seconds, 2), stopped_early=best.stopped_early,
+        history=epoch_log.history, fusion_rf_weight_start=w_start,
+        fusion_rf_weight_end=fusion.rf_weight() if fusion is not None else None)
+    log.info("  [%s] done: best epoch %d of %d, val QWK %.4f (start %.4f), %.1fs%s", stage, result.best_epoch,
+             result.epochs_run, result.best_val_qwk, result.start_val_qwk, seconds,
+             "" if fusion is None else f", forest weight {w_start:.3f} -> {result.fusion_rf_weight_end:.3f}")
+    return result
+
+
+def predict(model: keras.Model, inputs: dict, batch: int) -> np.ndarray:
+    return np.asarray(model.predict(eval_dataset(inputs, None, batch), verbose=0), dtype=np.float64)
