@@ -1,0 +1,12 @@
+"""medfusion entry point: python main.py --mode search --config configs/demo.yaml --cv_folds 3"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "src"))
+
+from medfusion.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Command line: argparse -> Config -> mode dispatch. Nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+
+from medfusion.config import ConfigError, load_config, parse_set
+
+MODES = ("search",)
+
+# flag -> dotted config key; flags override the config file, --set overrides both
+FLAG_KEYS = {
+    "data_dir": "data.data_dir",
+    "cv_folds": "search.cv_folds",
+    "data_percentage": "search.data_percentage",
+    "modalities": "search.modalities",
+    "combinations": "search.combinations",
+    "seed": "search.seed",
+    "run_name": "runtime.run_name",
+    "device_mode": "runtime.device_mode",
+    "gpus": "runtime.gpus",
+    "cpu_replicas": "runtime.cpu_replicas",
+    "verbosity": "runtime.verbosity",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python main.py",
+        description="medfusion: multimodal fusion (metadata forest + image branches) with patient-level CV.")
+    p.add_argument("--mode", choices=MODES, default="search", help="what to do (default: search)")
+    p.add_argument("--config", default="configs/default.yaml", help="YAML config (default: configs/default.yaml)")
+    p.add_argument("--data_dir", "--data-dir", help="dataset folder in the DATA_FORMAT layout (overrides data.data_dir)")
+    p.add_argument("--cv_folds", "--cv-folds", type=int, help="number of patient-level folds")
+    p.add_argument("--data_percentage", "--data-percentage", type=float,
+                   help="use this %% of patients (stratified) before folding")
+    p.add_argument("--run_name", "--run-name", help="run folder name under logs/ (default: the config file name)")
+    p.add_argument("--modalities", help="comma list, e.g. metadata,depth_rgb,thermal_map")
+    p.add_argument("--combinations", help="comma list of '+'-joined combinations, e.g. metadata+depth_rgb,metadata")
+    p.add_argument("--device_mode", "--device-mode", choices=("cpu", "single", "multi", "custom"))
+    p.add_argument("--gpus", help="GPU indices for --device_mode custom, e.g. 0,1")
+    p.add_argument("--cpu_replicas", "--cpu-replicas", type=int,
+                   help="split the CPU into N logical devices and use MirroredStrategy over them")
+    p.add_argument("--verbosity", type=int, choices=range(4), help="0 quiet .. 3 debug with tracebacks")
+    p.add_argument("--seed", type=int, help="seed for folds, forest and training")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set train.stage2.lr=1e-5 (repeatable)")
+    return p
+
+
+def resolve_config(args: argparse.Namespace):
+    overrides = {}
+    for flag, key in FLAG_KEYS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            overrides[key] = value
+    for item in args.set:
+        key, value = parse_set(item)
+        overrides[key] = value
+    return load_config(args.config, overrides)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = resolve_config(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from medfusion.runs import setup_console
+
+    log = setup_console(cfg.runtime.verbosity)
+    try:
+        from medfusion.training.devices import configure_strategy
+
+        strategy = configure_strategy(cfg.runtime)
+        if args.mode == "search":
+            from medfusion.search import Search
+
+            Search(cfg, strategy).run()
+        return 0
+    except KeyboardInterrupt:
+        log.error("interrupted (Ctrl-C); the files written so far are in logs/%s", cfg.runtime.run_name)
+        return 130
+    except (ConfigError, ValueError, FileNotFoundError, OSError, RuntimeError) as exc:
+        if cfg.runtime.verbosity >= 3:
+            traceback.print_exc()
+        log.error("error: %s", exc)
+        logging.shutdown()
+        return 2

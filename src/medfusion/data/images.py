@@ -1,0 +1,139 @@
+"""Image decoding (OpenCV), wound-box cropping, aspect-preserving resize + pad, and a crop cache.
+
+Every image leaves this module as uint8 RGB with values in [0, 255]; nothing here normalises
+(EfficientNet rescales internally).
+
+Conventions
+* A box is (xmin, ymin, xmax, ymax) in pixels, xmax/ymax exclusive: the box covers
+  frame[ymin:ymax, xmin:xmax].
+* 16-bit single-channel frames (depth in mm, temperature) are min-max scaled per frame:
+  round((v - min) / (max - min) * 255); a constant frame becomes zeros.
+* 16-bit colour frames are divided by 257 (rounded).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from medfusion.data.manifest import BOX_FIELDS
+
+_CROP_CACHE: dict = {}
+
+
+def clear_crop_cache() -> None:
+    _CROP_CACHE.clear()
+
+
+def _gray16_to_u8(g: np.ndarray) -> np.ndarray:
+    g = g.astype(np.float64)
+    lo, hi = float(g.min()), float(g.max())
+    if hi <= lo:
+        return np.zeros(g.shape, np.uint8)
+    return np.rint((g - lo) / (hi - lo) * 255.0).astype(np.uint8)
+
+
+def read_frame(path) -> np.ndarray:
+    """Decode an image file to an HxWx3 uint8 RGB array (see the module docstring for the rules)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"image file {str(p)!r} does not exist")
+    if p.stat().st_size == 0:
+        raise ValueError(f"image file {str(p)!r} is empty (0 bytes)")
+    # imdecode(fromfile) == imread(IMREAD_UNCHANGED), but also works for non-ASCII paths
+    img = cv2.imdecode(np.fromfile(str(p), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ValueError(f"image file {str(p)!r} could not be decoded by OpenCV (corrupt or not an image)")
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim == 2:
+        g = img if img.dtype == np.uint8 else _gray16_to_u8(img)
+        return np.repeat(g[:, :, None], 3, axis=2)
+    if img.ndim != 3 or img.shape[2] not in (3, 4):
+        raise ValueError(f"image file {str(p)!r} has unsupported shape {img.shape}")
+    rgb = cv2.cvtColor(img[:, :, :3], cv2.COLOR_BGR2RGB)
+    if rgb.dtype == np.uint16:
+        rgb = np.rint(rgb.astype(np.float64) / 257.0).astype(np.uint8)
+    elif rgb.dtype != np.uint8:
+        raise ValueError(f"image file {str(p)!r} has unsupported colour dtype {rgb.dtype}")
+    return np.ascontiguousarray(rgb)
+
+
+def crop_box(frame: np.ndarray, box, margin: float) -> np.ndarray:
+    """Crop `box` enlarged by margin x its width/height on each side, clipped to the frame."""
+    xmin, ymin, xmax, ymax = (float(v) for v in box)
+    h, w = frame.shape[:2]
+    if xmax <= xmin or ymax <= ymin:
+        raise ValueError(f"box {tuple(box)} has zero or negative area (xmax must exceed xmin, ymax ymin)")
+    if xmax <= 0 or ymax <= 0 or xmin >= w or ymin >= h:
+        raise ValueError(f"box {tuple(box)} lies entirely outside the {w}x{h} frame")
+    dx, dy = margin * (xmax - xmin), margin * (ymax - ymin)
+    x0 = max(0, int(math.floor(xmin - dx)))
+    y0 = max(0, int(math.floor(ymin - dy)))
+    x1 = min(w, int(math.ceil(xmax + dx)))
+    y1 = min(h, int(math.ceil(ymax + dy)))
+    return frame[y0:y1, x0:x1]
+
+
+def resize_pad(img: np.ndarray, size: int) -> np.ndarray:
+    """Aspect-preserving resize so the long side == size, then centred zero padding to (size, size, 3)."""
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    h, w = img.shape[:2]
+    if h == 0 or w == 0:
+        raise ValueError(f"cannot resize an empty image of shape {img.shape}")
+    scale = size / max(h, w)
+    nh = min(size, max(1, int(round(h * scale))))
+    nw = min(size, max(1, int(round(w * scale))))
+    if (nh, nw) == (h, w):
+        resized = img
+    else:
+        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        resized = cv2.resize(np.ascontiguousarray(img), (nw, nh), interpolation=interp)
+        if resized.ndim == 2:
+            resized = resized[:, :, None]
+    out = np.zeros((size, size, img.shape[2]), dtype=np.uint8)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    out[top : top + nh, left : left + nw] = np.clip(resized, 0, 255).astype(np.uint8)
+    return out
+
+
+def load_crops(manifest, modality: str, image_size: int, margin: float, log: logging.Logger | None = None) -> np.ndarray:
+    """Crops of one modality for every manifest row: uint8 (N, image_size, image_size, 3).
+
+    Each distinct frame is decoded once; the result is cached in-process (keyed by the paths,
+    boxes, size and margin) and returned read-only - copy it before writing into it.
+    """
+    log = log or logging.getLogger("medfusion.data.images")
+    s = manifest.samples
+    paths = s[f"{modality}_path"].astype(str).tolist()
+    boxes = [tuple(int(v) for v in b) for b in s[[f"{modality}_{k}" for k in BOX_FIELDS]].to_numpy()]
+    key = (tuple(zip(paths, boxes)), int(image_size), float(margin))
+    hit = _CROP_CACHE.get(key)
+    if hit is not None:
+        return hit
+
+    out = np.zeros((len(paths), image_size, image_size, 3), dtype=np.uint8)
+    by_frame: dict[str, list[int]] = {}
+    for i, p in enumerate(paths):
+        by_frame.setdefault(p, []).append(i)
+    n = len(by_frame)
+    marks = {max(1, round(n * q)) for q in (0.25, 0.5, 0.75, 1.0)} if n >= 100 else set()
+    ids = s["sample_id"].astype(str).tolist() if "sample_id" in s.columns else [str(i) for i in range(len(paths))]
+    for done, (p, rows) in enumerate(by_frame.items(), start=1):
+        frame = read_frame(p)
+        for i in rows:
+            try:
+                crop = crop_box(frame, boxes[i], margin)
+            except ValueError as exc:
+                raise ValueError(f"sample {ids[i]!r}, {modality} frame {p!r}: {exc}") from None
+            out[i] = resize_pad(crop, image_size)
+        if done in marks:
+            log.info("%s crops: %d/%d frames decoded (%d%%)", modality, done, n, round(100 * done / n))
+    out.flags.writeable = False
+    _CROP_CACHE[key] = out
+    return out

@@ -1,0 +1,167 @@
+"""Image backbones: a small name -> builder registry plus strict weight loading.
+
+Every builder maps a (S, S, 3) float input of pixels in [0, 255] to a 4-D feature map and
+returns an uncompiled keras.Model named by the caller (``<modality>_backbone``), so several
+backbones can sit side by side in one fusion model and weights transfer by layer name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Callable
+
+import keras
+import numpy as np
+
+BACKBONES: dict[str, Callable[[int, str], keras.Model]] = {}
+
+# File names keras.applications downloads for weights="imagenet", include_top=False.
+IMAGENET_FILES = {
+    "efficientnet_b3": "efficientnetb3_notop.h5",
+    "efficientnet_b0": "efficientnetb0_notop.h5",
+}
+
+
+class WeightsError(ValueError):
+    """Backbone weights could not be obtained or did not fit; the message says what to do."""
+
+
+def register_backbone(name: str):
+    """Decorator: register ``builder(image_size, name) -> keras.Model`` under ``name``."""
+
+    def deco(fn):
+        if name in BACKBONES:
+            raise ValueError(f"backbone {name!r} is already registered")
+        BACKBONES[name] = fn
+        return fn
+
+    return deco
+
+
+def _rename(model: keras.Model, model_name: str) -> keras.Model:
+    """Same layers, new graph owner with the caller's name (keras.applications names its models itself)."""
+    return keras.Model(model.inputs, model.outputs, name=model_name)
+
+
+@register_backbone("efficientnet_b3")
+def _efficientnet_b3(image_size: int, model_name: str, imagenet: bool = False) -> keras.Model:
+    # Keras' EfficientNet rescales/normalises internally: it expects raw [0, 255] pixels.
+    base = keras.applications.EfficientNetB3(
+        include_top=False, weights="imagenet" if imagenet else None, input_shape=(image_size, image_size, 3)
+    )
+    return _rename(base, model_name)
+
+
+@register_backbone("efficientnet_b0")
+def _efficientnet_b0(image_size: int, model_name: str, imagenet: bool = False) -> keras.Model:
+    base = keras.applications.EfficientNetB0(
+        include_top=False, weights="imagenet" if imagenet else None, input_shape=(image_size, image_size, 3)
+    )
+    return _rename(base, model_name)
+
+
+@register_backbone("tiny")
+def _tiny(image_size: int, model_name: str, imagenet: bool = False) -> keras.Model:
+    """Three strided conv blocks: fast enough for tests and the CPU demo; no pretrained weights exist."""
+    if imagenet:
+        raise WeightsError(
+            "backbone 'tiny' has no pretrained ImageNet weights; set model.weights: none "
+            "(or a path to a .weights.h5 file saved from a tiny backbone)"
+        )
+    inp = keras.Input((image_size, image_size, 3), name=f"{model_name}_input")
+    x = keras.layers.Rescaling(1.0 / 255.0, name="tiny_rescale")(inp)
+    for i, filters in enumerate((16, 32, 64), start=1):
+        x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False, name=f"tiny_conv{i}")(x)
+        x = keras.layers.BatchNormalization(name=f"tiny_bn{i}")(x)
+        x = keras.layers.ReLU(name=f"tiny_relu{i}")(x)
+    return keras.Model(inp, x, name=model_name)
+
+
+def build_backbone(name: str, image_size: int, weights: str = "none", model_name: str = "backbone") -> keras.Model:
+    """Build a registered backbone; ``weights`` is "none", "imagenet" or a path to a weights file."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; registered backbones: {', '.join(sorted(BACKBONES))}")
+    builder = BACKBONES[name]
+    w = str(weights).strip() if weights is not None else "none"
+    if w.lower() in ("none", "", "null"):
+        return builder(image_size, model_name)
+    if w.lower() == "imagenet":
+        return _build_imagenet(name, builder, image_size, model_name)
+    model = builder(image_size, model_name)
+    load_backbone_weights(model, w, backbone_name=name)
+    return model
+
+
+def _build_imagenet(name: str, builder, image_size: int, model_name: str) -> keras.Model:
+    if name not in IMAGENET_FILES:
+        return builder(image_size, model_name, imagenet=True)  # raises WeightsError (e.g. tiny)
+    fname = IMAGENET_FILES[name]
+    try:
+        model = builder(image_size, model_name, imagenet=True)
+    except Exception as exc:  # keras raises a bare Exception on a URL fetch failure
+        raise WeightsError(
+            f"ImageNet weights for backbone {name!r} could not be obtained ({type(exc).__name__}: {exc}). "
+            f"Keras looks for the file {fname!r} in ~/.keras/models/ (or $KERAS_HOME/models/) and downloads it "
+            f"when missing. Offline: download https://storage.googleapis.com/keras-applications/{fname} on a "
+            f"machine with network, copy it here and set `model.weights: /path/to/{fname}` "
+            f"(or use `model.weights: none` to train from random initialisation)."
+        ) from exc
+    cached = os.path.join(os.path.expanduser(os.environ.get("KERAS_HOME", "~/.keras")), "models", fname)
+    if os.path.isfile(cached):
+        _confirm_loaded(model, cached, name)
+    return model
+
+
+def _tensor_key(arr: np.ndarray) -> tuple:
+    a = np.ascontiguousarray(np.asarray(arr, dtype=np.float32))
+    return a.shape, hashlib.sha1(a.tobytes()).hexdigest()
+
+
+def _file_tensor_keys(path: str) -> set:
+    import h5py
+
+    keys: set = set()
+
+    def visit(_name, obj):
+        if isinstance(obj, h5py.Dataset) and obj.dtype.kind == "f":
+            keys.add(_tensor_key(obj[()]))
+
+    with h5py.File(path, "r") as f:
+        f.visititems(visit)
+    return keys
+
+
+def _confirm_loaded(model: keras.Model, path: str, backbone_name: str) -> None:
+    """Raise unless every trainable tensor of ``model`` equals some tensor stored in ``path``.
+
+    Keras can skip or partially load weights with only a warning; comparing values is the
+    only way to know the file's numbers actually arrived.
+    """
+    in_file = _file_tensor_keys(path)
+    missing = [v.path for v in model.trainable_weights if _tensor_key(keras.ops.convert_to_numpy(v)) not in in_file]
+    if missing or not model.trainable_weights:
+        raise WeightsError(
+            f"weights file {path!r} did not load into backbone {backbone_name!r}: "
+            f"{len(missing)} of {len(model.trainable_weights)} trainable tensors do not match any tensor in the "
+            f"file (first: {', '.join(missing[:3])}). Use a file saved from the same backbone architecture."
+        )
+
+
+def load_backbone_weights(model: keras.Model, path: str, backbone_name: str = "") -> None:
+    """Load a .weights.h5 / .h5 file into ``model`` strictly, then confirm the values arrived."""
+    backbone_name = backbone_name or model.name
+    if not os.path.isfile(path):
+        raise WeightsError(
+            f"weights file {path!r} for backbone {backbone_name!r} does not exist; "
+            "set model.weights to an existing .weights.h5 / .h5 file, 'imagenet' or 'none'"
+        )
+    if not (path.endswith(".h5") or path.endswith(".hdf5")):
+        raise WeightsError(f"weights file {path!r} must be a .weights.h5 or .h5 file")
+    try:
+        model.load_weights(path)
+    except Exception as exc:
+        raise WeightsError(
+            f"weights file {path!r} does not fit backbone {backbone_name!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+    _confirm_loaded(model, path, backbone_name)
