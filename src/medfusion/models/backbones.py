@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from typing import Callable
 
 import keras
@@ -159,9 +160,13 @@ def load_backbone_weights(model: keras.Model, path: str, backbone_name: str = ""
     if not (path.endswith(".h5") or path.endswith(".hdf5")):
         raise WeightsError(f"weights file {path!r} must be a .weights.h5 or .h5 file")
     try:
-        model.load_weights(path)
+        with warnings.catch_warnings():  # partial loads warn per layer; the value check below decides
+            warnings.simplefilter("ignore")
+            model.load_weights(path)
     except Exception as exc:
+        detail = str(exc)
+        detail = detail if len(detail) <= 400 else detail[:400] + " ..."
         raise WeightsError(
-            f"weights file {path!r} does not fit backbone {backbone_name!r}: {type(exc).__name__}: {exc}"
+            f"weights file {path!r} does not fit backbone {backbone_name!r}: {type(exc).__name__}: {detail}"
         ) from exc
     _confirm_loaded(model, path, backbone_name)
