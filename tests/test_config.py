@@ -1,0 +1,80 @@
+import pytest
+import yaml
+
+from medfusion.cli import build_parser, resolve_config
+from medfusion.config import ConfigError, load_config, parse_set, unfreeze_layers
+from medfusion.constants import all_combinations, canonical_combination
+
+
+def test_defaults_and_yaml_override(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump({"train": {"stage2": {"lr": 3e-5}}, "search": {"cv_folds": 4}}))
+    cfg = load_config(path)
+    assert cfg.train.stage2.lr == pytest.approx(3e-5)
+    assert cfg.train.stage1.lr == pytest.approx(1e-3)  # untouched default
+    assert cfg.search.cv_folds == 4
+    assert cfg.runtime.run_name == "exp"  # derived from the config file name
+
+
+def test_unknown_key_lists_valid_keys(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"train": {"learning_rate": 0.1}}))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert "train.learning_rate" in msg and "batch_size" in msg and "stage2" in msg
+
+
+@pytest.mark.parametrize("key,value,fragment", [
+    ("train.stage2.lr", -1e-5, "train.stage2.lr"),
+    ("train.max_alpha_ratio", 0.5, "train.max_alpha_ratio"),
+    ("data.image_size", 0, "data.image_size"),
+    ("search.modalities", ["metadata", "xray"], "xray"),
+    ("train.batch_size", "big", "train.batch_size"),
+])
+def test_bad_values_name_the_key(key, value, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
+        load_config(None, {key: value})
+
+
+def test_unfreeze_has_no_never_value():
+    assert unfreeze_layers("all") is None
+    assert unfreeze_layers("20") == 20
+    for bad in ("0", "none", "never", "-3"):
+        with pytest.raises(ConfigError, match="stage2.epochs"):
+            unfreeze_layers(bad)
+
+
+def test_parse_set_types():
+    assert parse_set("train.stage2.lr=1e-5") == ("train.stage2.lr", 1e-5)
+    assert parse_set("search.cv_folds=3") == ("search.cv_folds", 3)
+    assert parse_set("train.augment=false") == ("train.augment", False)
+    with pytest.raises(ConfigError):
+        parse_set("no_equals_sign")
+
+
+def test_cli_flags_and_spellings(tmp_path):
+    args = build_parser().parse_args(["--config", "configs/demo.yaml", "--cv-folds", "4", "--data_percentage", "50",
+                                      "--modalities", "metadata,depth_rgb", "--set", "train.stage1.epochs=3",
+                                      "--run_name", "x"])
+    cfg = resolve_config(args)
+    assert cfg.search.cv_folds == 4 and cfg.search.data_percentage == 50.0
+    assert cfg.search.modalities == ("metadata", "depth_rgb")
+    assert cfg.train.stage1.epochs == 3 and cfg.runtime.run_name == "x"
+    args = build_parser().parse_args(["--config", "configs/demo.yaml", "--cv_folds", "2"])
+    assert resolve_config(args).search.cv_folds == 2
+
+
+def test_shipped_configs_load():
+    assert load_config("configs/default.yaml").model.backbone == "efficientnet_b3"
+    demo = load_config("configs/demo.yaml")
+    assert demo.model.backbone == "tiny" and demo.data.demo
+
+
+def test_canonical_combinations():
+    assert canonical_combination(["thermal_map", "metadata", "depth_rgb"]) == "metadata+depth_rgb+thermal_map"
+    combos = all_combinations(["thermal_map", "metadata", "depth_rgb"])
+    assert len(combos) == 7 and combos[:3] == ["metadata", "depth_rgb", "thermal_map"]
+    assert combos[-1] == "metadata+depth_rgb+thermal_map"
+    with pytest.raises(ValueError, match="unknown modality"):
+        canonical_combination(["metadata", "ct"])
