@@ -74,7 +74,7 @@ class TrainConfig:
     pretrain: StageConfig = field(default_factory=lambda: StageConfig(epochs=30, lr=1e-3, patience=6))
     stage1: StageConfig = field(default_factory=lambda: StageConfig(epochs=30, lr=1e-3, patience=6))
     stage2: StageConfig = field(default_factory=lambda: StageConfig(epochs=15, lr=1e-5, patience=5))
-    # Stage 2 unfreezing: "all", or a positive integer N = the top N weight-carrying backbone
+    # Stage 2 unfreezing: "all", or a positive integer N = the top N weight-carrying (non-BatchNorm) backbone
     # layers. There is deliberately no value meaning "never": to skip Stage 2 set stage2.epochs: 0.
     unfreeze: str = "all"
 

@@ -58,7 +58,7 @@ def backbones(model: keras.Model) -> list:
 
 
 def set_backbones_trainable(model: keras.Model, trainable: bool, unfreeze_top: int | None = None) -> None:
-    """Freeze every backbone, or unfreeze it (all layers, or the top N weight-carrying ones).
+    """Freeze every backbone, or unfreeze it (all layers, or the top N weight-carrying non-BatchNorm ones).
 
     BatchNorm layers are kept frozen in both cases: their statistics were estimated on far
     more data than one fold, and the backbones are called with training=False anyway.
@@ -68,11 +68,11 @@ def set_backbones_trainable(model: keras.Model, trainable: bool, unfreeze_top: i
             bb.trainable = False
             continue
         bb.trainable = True
-        weighted = [layer for layer in bb.layers if layer.weights]
+        weighted = [layer for layer in bb.layers
+                    if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)]
         chosen = set(id(layer) for layer in (weighted if unfreeze_top is None else weighted[-unfreeze_top:]))
         for layer in bb.layers:
-            is_bn = isinstance(layer, keras.layers.BatchNormalization)
-            layer.trainable = (id(layer) in chosen) and not is_bn
+            layer.trainable = id(layer) in chosen
 
 
 def count_params(model: keras.Model) -> tuple[int, int]:
@@ -130,7 +130,8 @@ def run_stage(stage: str, model: keras.Model, strategy: tf.distribute.Strategy, 
     epoch_log = EpochLog(stage, cfg.epochs, cfg.lr, fusion)
     t0 = time.time()
     model.fit(train_dataset(x_train, y_train, plan, seed, augment), steps_per_epoch=plan.steps_per_epoch,
-              epochs=cfg.epochs, validation_data=val_ds, callbacks=[best, epoch_log], verbose=0)
+              epochs=cfg.epochs, validation_data=val_ds, callbacks=[best, epoch_log], verbose=0,
+              shuffle=False)  # the dataset shuffles itself
     seconds = time.time() - t0
     result = StageResult(
         stage=stage, lr=cfg.lr, epochs_planned=cfg.epochs, epochs_run=len(epoch_log.history.get("loss", [])),
