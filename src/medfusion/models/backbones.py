@@ -42,7 +42,8 @@ def register_backbone(name: str):
 
 def _rename(model: keras.Model, model_name: str) -> keras.Model:
     """Same layers, new graph owner with the caller's name (keras.applications names its models itself)."""
-    return keras.Model(model.inputs, model.outputs, name=model_name)
+    # single tensors, not lists: a list-output model would hand a list to the pooling layer
+    return keras.Model(model.input, model.output, name=model_name)
 
 
 @register_backbone("efficientnet_b3")
@@ -86,12 +87,29 @@ def build_backbone(name: str, image_size: int, weights: str = "none", model_name
     builder = BACKBONES[name]
     w = str(weights).strip() if weights is not None else "none"
     if w.lower() in ("none", "", "null"):
-        return builder(image_size, model_name)
-    if w.lower() == "imagenet":
-        return _build_imagenet(name, builder, image_size, model_name)
-    model = builder(image_size, model_name)
-    load_backbone_weights(model, w, backbone_name=name)
+        model = builder(image_size, model_name)
+    elif w.lower() == "imagenet":
+        model = _build_imagenet(name, builder, image_size, model_name)
+    else:
+        model = builder(image_size, model_name)
+        load_backbone_weights(model, w, backbone_name=name)
+    freeze_batchnorm(model)
     return model
+
+
+def freeze_batchnorm(model: keras.Model) -> None:
+    """Set every BatchNormalization layer (recursively) to trainable=False.
+
+    Keras 3 BatchNormalization with trainable=False always runs in inference mode. This is
+    what actually keeps BatchNorm in inference mode during fit: in Keras 3 a functional
+    model called with training=True passes that flag down to nested models, overriding a
+    ``backbone(x, training=False)`` recorded when the graph was built.
+    """
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+        elif isinstance(layer, keras.Model):
+            freeze_batchnorm(layer)
 
 
 def _build_imagenet(name: str, builder, image_size: int, model_name: str) -> keras.Model:
@@ -125,7 +143,7 @@ def _file_tensor_keys(path: str) -> set:
     keys: set = set()
 
     def visit(_name, obj):
-        if isinstance(obj, h5py.Dataset) and obj.dtype.kind == "f":
+        if isinstance(obj, h5py.Dataset) and obj.dtype.kind in "fiub":
             keys.add(_tensor_key(obj[()]))
 
     with h5py.File(path, "r") as f:
@@ -134,17 +152,17 @@ def _file_tensor_keys(path: str) -> set:
 
 
 def _confirm_loaded(model: keras.Model, path: str, backbone_name: str) -> None:
-    """Raise unless every trainable tensor of ``model`` equals some tensor stored in ``path``.
+    """Raise unless every tensor of ``model`` (kernels and BatchNorm statistics) equals one stored in ``path``.
 
     Keras can skip or partially load weights with only a warning; comparing values is the
     only way to know the file's numbers actually arrived.
     """
     in_file = _file_tensor_keys(path)
-    missing = [v.path for v in model.trainable_weights if _tensor_key(keras.ops.convert_to_numpy(v)) not in in_file]
-    if missing or not model.trainable_weights:
+    missing = [v.path for v in model.weights if _tensor_key(keras.ops.convert_to_numpy(v)) not in in_file]
+    if missing or not model.weights:
         raise WeightsError(
             f"weights file {path!r} did not load into backbone {backbone_name!r}: "
-            f"{len(missing)} of {len(model.trainable_weights)} trainable tensors do not match any tensor in the "
+            f"{len(missing)} of {len(model.weights)} tensors do not match any tensor in the "
             f"file (first: {', '.join(missing[:3])}). Use a file saved from the same backbone architecture."
         )
 
