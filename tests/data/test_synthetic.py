@@ -1,0 +1,139 @@
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import cohen_kappa_score
+
+from medfusion.config import DataConfig
+from medfusion.constants import CLASSES
+from medfusion.data.dfu import load_dfu
+from medfusion.data.images import clear_crop_cache, load_crops, read_frame
+from medfusion.data.synthetic import ORACLE_MODALITIES, ensure_demo, generate_demo
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The default demo (80 patients, seed 7): about 30 s to generate, so its tests are marked slow."""
+    t = time.time()
+    root = generate_demo(tmp_path_factory.mktemp("demo") / "demo", seed=7, n_patients=80)
+    return root, time.time() - t
+
+
+@pytest.fixture(scope="module")
+def small_demo(tmp_path_factory):
+    """The fast equivalent: same generator and seed, 24 patients (about 100 samples)."""
+    t = time.time()
+    root = generate_demo(tmp_path_factory.mktemp("demo") / "small", seed=7, n_patients=24)
+    return root, time.time() - t
+
+
+def _qwk(oracle, prefix=""):
+    p = oracle[[f"{prefix}p_{c}" for c in CLASSES]].to_numpy()
+    return cohen_kappa_score(oracle["label"], p.argmax(1), weights="quadratic")
+
+
+@pytest.mark.slow
+def test_oracle_acceptance_default_demo(demo):
+    _check_oracle(*demo)
+    man = load_dfu(demo[0], DataConfig())
+    assert 60 <= man.report["n_patients"] <= 100
+    frac = np.bincount(man.labels, minlength=3) / len(man)  # near the real balance I 31%, P 56%, R 13%
+    assert abs(frac[0] - 0.31) < 0.08 and abs(frac[1] - 0.56) < 0.08 and abs(frac[2] - 0.13) < 0.06
+
+
+def test_oracle_acceptance_small_demo(small_demo):
+    _check_oracle(*small_demo)
+
+
+def _check_oracle(root, seconds):
+    o = pd.read_csv(root / "oracle.csv")
+    assert list(o.columns[:5]) == ["sample_id", "label", "p_I", "p_P", "p_R"]
+    all_q = _qwk(o)
+    singles = {m: _qwk(o, m + "_") for m in ORACLE_MODALITIES}
+    print(f"demo generated in {seconds:.1f}s; oracle QWK all {all_q:.3f}, singles {singles}")
+    assert 0.65 <= all_q <= 0.90
+    for m, q in singles.items():
+        assert q <= all_q - 0.10, (m, q, all_q)
+    np.testing.assert_allclose(o[[f"depth_map_p_{c}" for c in CLASSES]], o[[f"depth_rgb_p_{c}" for c in CLASSES]])
+    np.testing.assert_allclose(o[[f"thermal_rgb_p_{c}" for c in CLASSES]],
+                               o[[f"thermal_map_p_{c}" for c in CLASSES]])
+    np.testing.assert_allclose(o[["p_I", "p_P", "p_R"]].sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_layout_loads_and_matches_oracle(small_demo):
+    root, _ = small_demo
+    man = load_dfu(root, DataConfig())
+    o = pd.read_csv(root / "oracle.csv")
+    assert list(o.sample_id) == list(man.samples.sample_id)
+    assert (o.label.to_numpy() == man.labels).all()
+    assert all(man.report["match_rules"][r] > 0 for r in ("exact", "relax_angle", "relax_zoom", "relax_debridement"))
+    assert man.report["duplicate_visits"] >= 1
+    for leaky in ("Healing Phase", "Phase Confidence (%)", "Location", "ID"):
+        assert leaky not in man.feature_columns
+    assert len(man.feature_columns) >= 30
+    size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+    assert size < 15e6
+
+
+def test_files_follow_data_format(small_demo):
+    root, _ = small_demo
+    raw = (root / "metadata.csv").read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbfID,Patient#,Appt#,DFU#")
+    meta = pd.read_csv(root / "metadata.csv", encoding="utf-8-sig")
+    assert meta["Wound Score"].notna().all()
+    v0 = meta["Appt#"] == 0
+    miss = meta["Wound Centre Temperature (°C)"].isna()
+    assert miss[v0].mean() > 0.3 and miss[~v0].mean() < 0.25
+    loc = set(meta["Location Grouped (Hallux:1,Toes,Middle,Heel,Ankle:5)"])
+    assert {"Hallux", "hallux"} <= loc or {"Heel", "heel"} <= loc
+    d = pd.read_csv(root / "bounding_boxes_depth.csv", dtype=str)
+    t = pd.read_csv(root / "bounding_boxes_thermal.csv", dtype=str)
+    assert t["Patient#"].str.len().eq(3).all() and not d["Patient#"].str.startswith("0").all()
+    assert d.columns.tolist() == ["Filename", "Patient#", "Appt#", "DFU#", "DebriStat", "Camera", "Angle",
+                                  "Bounding Box Number", "Xmin", "Ymin", "Xmax", "Ymax"]
+    assert (d["Bounding Box Number"] == "2").any()
+    w = d.Xmax.astype(int) - d.Xmin.astype(int)
+    assert w.between(40, 200).all()
+    import cv2
+
+    name = sorted((root / "depth_rgb").iterdir())[0].name
+    assert cv2.imread(str(root / "depth_rgb" / name), cv2.IMREAD_UNCHANGED).shape == (720, 1280, 3)
+    dm = cv2.imread(str(root / "depth_map" / name), cv2.IMREAD_UNCHANGED)
+    assert dm.shape == (720, 1280) and dm.dtype == np.uint16
+    tname = sorted((root / "thermal_map").iterdir())[0].name
+    tm = cv2.imread(str(root / "thermal_map" / tname), cv2.IMREAD_UNCHANGED)
+    assert tm.shape == (1440, 1080) and tm.dtype == np.uint16
+    assert read_frame(root / "thermal_rgb" / tname).shape == (1440, 1080, 3)
+
+
+def test_image_encoding_survives_crop_resize(small_demo):
+    """Wound-centre intensity of a 32 px crop is monotone in the modality's latent (via its oracle)."""
+    root, _ = small_demo
+    clear_crop_cache()
+    man = load_dfu(root, DataConfig()).subset(np.arange(60))
+    o = pd.read_csv(root / "oracle.csv").iloc[:60]
+    for m, ch in (("depth_rgb", 0), ("depth_map", 0), ("thermal_rgb", 0), ("thermal_map", 0)):
+        x = load_crops(man, m, 32, 0.15)
+        centre = x[:, 13:19, 13:19, ch].mean(axis=(1, 2))
+        score = o[f"{m}_p_R"] - o[f"{m}_p_I"]  # monotone in z
+        rho = pd.Series(centre).rank().corr(score.rank())
+        assert rho > 0.95, (m, rho)
+    clear_crop_cache()
+
+
+def test_deterministic_and_ensure_does_not_overwrite(tmp_path):
+    a = generate_demo(tmp_path / "a", seed=3, n_patients=10)
+    b = ensure_demo(tmp_path / "b", seed=3, n_patients=10)
+    for f in ("metadata.csv", "oracle.csv", "bounding_boxes_depth.csv", "bounding_boxes_thermal.csv"):
+        assert (a / f).read_bytes() == (b / f).read_bytes()
+    names = sorted(p.name for p in (a / "thermal_map").iterdir())
+    assert names == sorted(p.name for p in (b / "thermal_map").iterdir())
+    assert (a / "thermal_map" / names[0]).read_bytes() == (b / "thermal_map" / names[0]).read_bytes()
+    # ensure_demo leaves an existing dataset alone
+    (b / "metadata.csv").write_text("sentinel")
+    ensure_demo(b, seed=99, n_patients=10)
+    assert (b / "metadata.csv").read_text() == "sentinel"
+    with pytest.raises(FileExistsError):
+        generate_demo(b)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left
