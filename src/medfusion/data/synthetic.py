@@ -9,7 +9,8 @@ latents carry the signal, one per source:
   as `Wound Score` = 12 + 3 z (never missing) and `Wound Centre Temperature Normalized (°C)`
   = 0.3 + 0.6 z (often missing at visit 0, like the real temperatures).
 * z_depth ~ N(MU[y], SIGMA["depth"]) per depth frame: the wound blob's colour in depth_rgb and
-  its depth in depth_map are linear in t = clip((z + 4) / 8, 0, 1).
+  its depth in depth_map are linear in t = clip((z + 2.5) / 5, 0, 1) (a wide pixel range per
+  unit of z, so a small CNN learns it in a few epochs; clipping touches < 2% of frames).
 * z_thermal ~ N(MU[y], SIGMA["thermal"]) per thermal frame: the wound's temperature in
   thermal_map and its colour in thermal_rgb are linear in t.
 
@@ -57,7 +58,7 @@ VIEWS = [(d, a, z) for d in "BA" for a in "RML" for z in "ZW"]
 
 
 def _t(z: float) -> float:
-    return float(np.clip((z + 4.0) / 8.0, 0.0, 1.0))
+    return float(np.clip((z + 2.5) / 5.0, 0.0, 1.0))
 
 
 def posterior(zs, sigmas) -> np.ndarray:
@@ -99,8 +100,8 @@ def _render_depth(boxes, z, rng):
     rgb[:] = (95, 100, 90)  # BGR floor
     dm = np.full((h, w), DEPTH_FLOOR_MM, np.uint16)
     t = _t(z)
-    wound_bgr = np.array([50 + 60 * t, 40 + 90 * t, 110 + 120 * t])
-    wound_mm = 600 + 600 * t
+    wound_bgr = np.array([30 + 110 * t, 30 + 130 * t, 80 + 170 * t])
+    wound_mm = 200 + 1100 * t
     for box in boxes:
         fx0, fy0, fx1, fy1 = _foot_region(box, DEPTH_WH)
         rgb[fy0:fy1, fx0:fx1] = (140, 160, 205)  # skin
@@ -132,7 +133,7 @@ def _render_thermal(boxes, z, rng):
     """thermal_rgb palette indices (uint8) and thermal_map (uint16 centi-degrees) of one frame."""
     w, h = THERMAL_WH
     tm = np.full((h, w), THERMAL_BG, np.uint16)
-    wound_c = 2500 + 1000 * _t(z)
+    wound_c = 2300 + 1500 * _t(z)
     for box in boxes:
         fx0, fy0, fx1, fy1 = _foot_region(box, THERMAL_WH)
         tm[fy0:fy1, fx0:fx1] = THERMAL_FOOT

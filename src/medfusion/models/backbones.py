@@ -63,6 +63,10 @@ def _efficientnet_b0(image_size: int, model_name: str, imagenet: bool = False) -
     return _rename(base, model_name)
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_VARIANCE = (0.229**2, 0.224**2, 0.225**2)
+
+
 @register_backbone("tiny")
 def _tiny(image_size: int, model_name: str, imagenet: bool = False) -> keras.Model:
     """Three strided conv blocks: fast enough for tests and the CPU demo; no pretrained weights exist."""
@@ -73,8 +77,13 @@ def _tiny(image_size: int, model_name: str, imagenet: bool = False) -> keras.Mod
         )
     inp = keras.Input((image_size, image_size, 3), name=f"{model_name}_input")
     x = keras.layers.Rescaling(1.0 / 255.0, name="tiny_rescale")(inp)
+    # Standardise with ImageNet statistics as EfficientNet does internally: pixel differences
+    # then reach the first conv at ~4x the scale of [0, 1] inputs, which is what lets a
+    # from-scratch CNN pick up intensity-coded signal within a few epochs.
+    x = keras.layers.Normalization(mean=IMAGENET_MEAN, variance=IMAGENET_VARIANCE, name="tiny_normalize")(x)
     for i, filters in enumerate((16, 32, 64), start=1):
-        x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False, name=f"tiny_conv{i}")(x)
+        # conv bias on: the BatchNorm after it is frozen (see freeze_batchnorm), so it cannot supply the offset
+        x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", name=f"tiny_conv{i}")(x)
         x = keras.layers.BatchNormalization(name=f"tiny_bn{i}")(x)
         x = keras.layers.ReLU(name=f"tiny_relu{i}")(x)
     return keras.Model(inp, x, name=model_name)

@@ -1,0 +1,81 @@
+"""End-to-end: main.py --mode search on a tiny generated dataset, in a subprocess (as a user runs it)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from medfusion.data.synthetic import generate_demo
+from medfusion.search import RESULT_COLUMNS, SUMMARY_COLUMNS
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--set", "data.image_size=16", "--set", "train.pretrain.epochs=2", "--set", "train.stage1.epochs=2",
+        "--set", "train.stage2.epochs=1", "--set", "forest.n_estimators=20", "--set", "model.head_units=8",
+        "--set", "train.batch_size=16"]
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    return generate_demo(tmp_path_factory.mktemp("data") / "tiny", seed=3, n_patients=24)
+
+
+def _search(tmp_path, data_dir, *extra):
+    cmd = [sys.executable, str(ROOT / "main.py"), "--mode", "search", "--config", str(ROOT / "configs/demo.yaml"),
+           "--data_dir", str(data_dir), "--cv_folds", "2", "--run_name", "e2e",
+           "--set", f"runtime.logs_dir={tmp_path / 'logs'}", "--set", "data.demo=false", *FAST, *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return tmp_path / "logs" / "e2e", proc
+
+
+def _check_run_folder(run, combos, folds=2):
+    for name in ("config.yaml", "folds.json", "results.csv", "summary.csv", "run.log"):
+        assert (run / name).is_file(), name
+    results = pd.read_csv(run / "results.csv")
+    assert list(results.columns) == RESULT_COLUMNS
+    assert len(results) == len(combos) * folds
+    assert not results.duplicated(["combination", "fold"]).any()
+    assert set(results["combination"]) == set(combos)
+    summary = pd.read_csv(run / "summary.csv")
+    assert list(summary.columns) == SUMMARY_COLUMNS and len(summary) == len(combos)
+    assert summary["qwk_mean"].is_monotonic_decreasing
+    for k in range(folds):
+        text = (run / f"fold_{k}.log").read_text()
+        for needle in ("train classes", "validation classes", "[stage1]", "trainable params", "transfer ",
+                       "epoch 1/"):
+            assert needle in text, (k, needle)
+        for c in combos:
+            pred = pd.read_csv(run / "predictions" / c / f"fold_{k}.csv")
+            assert list(pred.columns) == ["sample_id", "patient", "y_true", "p_I", "p_P", "p_R"]
+            assert (pred[["p_I", "p_P", "p_R"]].sum(axis=1) - 1).abs().max() < 1e-4
+    return results
+
+
+@pytest.mark.slow
+def test_search_end_to_end(tmp_path, tiny_dataset):
+    run, proc = _search(tmp_path, tiny_dataset, "--combinations", "metadata+depth_rgb")
+    results = _check_run_folder(run, ["metadata", "depth_rgb", "metadata+depth_rgb"])
+    fused = results[results["combination"] == "metadata+depth_rgb"]
+    assert fused["fusion_rf_weight"].between(0, 1).all()
+    assert fused["stage2_best_epoch"].notna().all()
+    assert "metadata+depth_rgb" in proc.stderr + proc.stdout  # the final table is printed
+
+
+@pytest.mark.slow
+def test_search_with_two_cpu_replicas(tmp_path, tiny_dataset):
+    run, proc = _search(tmp_path, tiny_dataset, "--combinations", "metadata+thermal_map", "--cpu_replicas", "2")
+    _check_run_folder(run, ["metadata", "thermal_map", "metadata+thermal_map"])
+    log = (run / "run.log").read_text()
+    assert "MirroredStrategy, 2 replica(s) in sync" in log
+    assert "global batch 32" in (run / "fold_0.log").read_text()  # 16 per replica x 2 replicas
+
+
+def test_bad_config_key_fails_before_writing(tmp_path, tiny_dataset):
+    cmd = [sys.executable, str(ROOT / "main.py"), "--config", str(ROOT / "configs/demo.yaml"), "--data_dir",
+           str(tiny_dataset), "--set", "train.learnin_rate=1", "--set", f"runtime.logs_dir={tmp_path / 'logs'}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "train.learnin_rate" in proc.stderr and "batch_size" in proc.stderr
+    assert not (tmp_path / "logs").exists()
