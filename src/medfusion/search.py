@@ -111,7 +111,7 @@ class Search:
         for k in range(cfg.search.cv_folds):
             with FileLog(self.run_dir / f"fold_{k}.log"), FileLog(self.run_dir / "run.log"):
                 self.run_fold(k)
-        summary = summarize(pd.DataFrame(self.results, columns=RESULT_COLUMNS))
+        summary = summarize(results_frame(self.results))
         atomic_write_csv(self.run_dir / "summary.csv", summary)
         with FileLog(self.run_dir / "run.log"):
             log.warning("\n%s", format_summary(summary, self._oracle_summary()))
@@ -222,7 +222,7 @@ class Search:
         scores = score_predictions(y, proba)
         row = {"combination": combo, "fold": k, "n_val": len(va), **scores, **extra}
         self.results = [r for r in self.results if not (r["combination"] == combo and r["fold"] == k)] + [row]
-        atomic_write_csv(self.run_dir / "results.csv", pd.DataFrame(self.results, columns=RESULT_COLUMNS))
+        atomic_write_csv(self.run_dir / "results.csv", results_frame(self.results))
         pred_counts = np.bincount(proba.argmax(axis=1), minlength=3)
         log.info("  fold %d %s: QWK %.4f kappa %.4f acc %.4f F1-macro %.4f; predicted classes %s", k, combo,
                  scores["qwk"], scores["kappa"], scores["accuracy"], scores["f1_macro"],
@@ -257,6 +257,15 @@ class Search:
         if not self.oracle_rows:
             return None
         return pd.DataFrame(self.oracle_rows).groupby("reference")["qwk"].mean()
+
+
+def results_frame(rows: list[dict]) -> pd.DataFrame:
+    """results.csv rows with integer epochs kept integer (empty where a combination has no stage)."""
+    df = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    for col in ("fold", "n_val", "stage1_best_epoch", "stage2_best_epoch"):
+        df[col] = df[col].astype("Int64")
+    df["stage2_kept"] = df["stage2_kept"].astype("boolean")
+    return df
 
 
 def summarize(results: pd.DataFrame) -> pd.DataFrame:
