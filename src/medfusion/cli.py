@@ -73,6 +73,10 @@ def main(argv=None) -> int:
     from medfusion.runs import setup_console
 
     log = setup_console(cfg.runtime.verbosity)
+    if cfg.runtime.verbosity < 3:
+        import tensorflow as tf
+
+        tf.get_logger().setLevel("ERROR")  # retracing notices for each new model are expected here
     try:
         from medfusion.training.devices import configure_strategy
 

@@ -26,6 +26,7 @@ from medfusion.models.metrics import score_predictions
 from medfusion.runs import FileLog, atomic_write_csv, atomic_write_json, atomic_write_text, prepare_run_dir
 from medfusion.training.stages import (backbone_snapshot, predict, relative_change, run_stage,
                                        set_backbones_trainable)
+from medfusion.training.devices import describe
 from medfusion.training.transfer import transfer_weights
 
 log = logging.getLogger("medfusion")
@@ -92,6 +93,8 @@ class Search:
             log.info("run %s: %d combinations x %d folds -> %s", cfg.runtime.run_name, len(self.combinations),
                      cfg.search.cv_folds, self.run_dir)
             log.info("combinations: %s", ", ".join(self.combinations))
+            log.info("devices: %s; per-replica batch %d, global batch %d", describe(self.strategy),
+                     cfg.train.batch_size, cfg.train.batch_size * self.strategy.num_replicas_in_sync)
             manifest = load_dataset(cfg)
             manifest = subsample_patients(manifest, cfg.search.data_percentage, cfg.search.seed)
             log.info("dataset: %d samples, %d visits, %d patients; classes %s", len(manifest),

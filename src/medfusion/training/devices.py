@@ -61,5 +61,10 @@ def configure_strategy(rt: RuntimeConfig) -> tf.distribute.Strategy:
             if rt.device_mode == "single":
                 log.warning("--device_mode single: no GPU visible, running on the CPU")
             strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
-    log.info("devices: %s, %d replica(s) in sync", type(strategy).__name__, strategy.num_replicas_in_sync)
     return strategy
+
+
+def describe(strategy: tf.distribute.Strategy) -> str:
+    devices = getattr(strategy.extended, "worker_devices", ())
+    return (f"{type(strategy).__name__}, {strategy.num_replicas_in_sync} replica(s) in sync"
+            f" on {', '.join(devices) if devices else 'default device'}")
