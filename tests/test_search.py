@@ -1,5 +1,6 @@
 """End-to-end: main.py --mode search on a tiny generated dataset, in a subprocess (as a user runs it)."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +48,11 @@ def _check_run_folder(run, combos, folds=2):
                        "epoch 1/"):
             assert needle in text, (k, needle)
         for c in combos:
+            job = json.loads((run / "jobs" / c / f"fold_{k}.json").read_text())
+            assert job["combination"] == c and job["fold"] == k and "metrics" in job
+            assert sum(job["val_class_counts"].values()) == job["n_val"]
+            if c != "metadata":
+                assert job["stages"]["stage1"]["history"]["val_qwk"] and job["transfer"][0]["verified"]
             pred = pd.read_csv(run / "predictions" / c / f"fold_{k}.csv")
             assert list(pred.columns) == ["sample_id", "patient", "y_true", "p_I", "p_P", "p_R"]
             assert (pred[["p_I", "p_P", "p_R"]].sum(axis=1) - 1).abs().max() < 1e-4

@@ -66,6 +66,10 @@ def _distribution(labels: np.ndarray) -> str:
     return ", ".join(f"{c} {n} ({100.0 * n / max(len(labels), 1):.0f}%)" for c, n in zip(CLASSES, counts))
 
 
+def _counts(labels: np.ndarray) -> dict:
+    return dict(zip(CLASSES, np.bincount(labels, minlength=len(CLASSES)).tolist()))
+
+
 def _inputs(crops: dict, idx: np.ndarray, modalities, metadata_proba: np.ndarray | None) -> dict:
     x = {m: crops[m][idx] for m in modalities}
     if metadata_proba is not None:
@@ -147,14 +151,22 @@ class Search:
         pretrained = {}
         for m in self.image_modalities:
             pretrained[m] = self.pretrain(k, m, tr, va, seed)
+        fold_info = {"n_train": len(tr), "n_val": len(va), "train_patients": len(set(manifest.patients[tr])),
+                     "val_patients": len(set(manifest.patients[va])), "train_class_counts": _counts(y_tr),
+                     "val_class_counts": _counts(y_va)}
         for combo in self.combinations:
             t = time.time()
             log.info("--- fold %d job %s", k, combo)
+            job = {"combination": combo, "fold": k, **fold_info, "stages": {}, "transfer": [], "pretrain": {},
+                   "max_alpha_ratio": cfg.train.max_alpha_ratio}
             if combo == "metadata":
                 proba, extra = p_va, {}
             else:
-                proba, extra = self.train_combination(combo, k, tr, va, p_tr, p_va, pretrained, seed)
-            self._record(combo, k, va, proba, extra)
+                for m in image_modalities_of(combo):
+                    job["pretrain"][m] = pretrained[m]._medfusion_stage.to_dict()
+                proba, extra = self.train_combination(combo, k, tr, va, p_tr, p_va, pretrained, seed, job)
+            job["seconds"] = round(time.time() - t, 2)
+            self._record(combo, k, va, proba, extra, job)
             log.info("--- fold %d job %s done in %.1fs: QWK %.4f", k, combo, time.time() - t, self.results[-1]["qwk"])
             gc.collect()
 
@@ -173,7 +185,7 @@ class Search:
         model._medfusion_stage = result
         return model
 
-    def train_combination(self, combo, k, tr, va, p_tr, p_va, pretrained, seed):
+    def train_combination(self, combo, k, tr, va, p_tr, p_va, pretrained, seed, job):
         from medfusion.models.fusion import build_fusion_model
 
         cfg = self.cfg
@@ -185,12 +197,15 @@ class Search:
         for m in mods:
             report = transfer_weights(pretrained[m], model, exclude=("output",))
             log.info("  %s", report.summary())
+            job["transfer"].append(report.to_dict())
         train = (_inputs(self.crops, tr, mods, p_tr if has_meta else None), y[tr])
         val = (_inputs(self.crops, va, mods, p_va if has_meta else None), y[va])
         alpha = focal_alpha(y[tr], 3, cfg.train.max_alpha_ratio)
+        job["alpha"] = [float(a) for a in alpha]
         set_backbones_trainable(model, False)
         s1 = run_stage("stage1", model, self.strategy, train, val, cfg.train.stage1, alpha, cfg.train.focal_gamma,
                        cfg.train.batch_size, seed, cfg.train.augment)
+        job["stages"]["stage1"] = s1.to_dict()
         extra = {"stage1_best_epoch": s1.best_epoch, "stage1_qwk": s1.best_val_qwk,
                  "fusion_rf_weight": s1.fusion_rf_weight_end}
         if cfg.train.stage2.epochs > 0:
@@ -204,6 +219,8 @@ class Search:
             log.info("  [stage2] relative backbone weight change %.3e; val QWK %.4f vs Stage 1 %.4f -> %s",
                      s2.backbone_change, s2.best_val_qwk, s1.best_val_qwk,
                      "kept Stage 2" if kept else "reverted to Stage 1 weights")
+            job["stages"]["stage2"] = s2.to_dict()
+            job["stage2_kept"] = kept
             if not kept:
                 model.set_weights(stage1_weights)
             extra.update(stage2_best_epoch=s2.best_epoch, stage2_qwk=s2.best_val_qwk, stage2_kept=kept,
@@ -212,11 +229,14 @@ class Search:
                 extra["fusion_rf_weight"] = s2.fusion_rf_weight_end
         else:
             log.info("  [stage2] skipped: train.stage2.epochs is 0")
+            job["stage2_skipped"] = True
+        if has_meta:
+            job["fusion_rf_weight"] = {"start": s1.fusion_rf_weight_start, "end": extra["fusion_rf_weight"]}
         proba = predict(model, val[0], max(cfg.train.batch_size, 32))
         return proba, extra
 
     # ------------------------------------------------------------------ outputs
-    def _record(self, combo, k, va, proba, extra):
+    def _record(self, combo, k, va, proba, extra, job):
         samples = self.manifest.samples.iloc[va]
         y = self.manifest.labels[va]
         pred = pd.DataFrame({"sample_id": samples["sample_id"].to_numpy(), "patient": samples["patient"].to_numpy(),
@@ -227,6 +247,9 @@ class Search:
         self.results = [r for r in self.results if not (r["combination"] == combo and r["fold"] == k)] + [row]
         atomic_write_csv(self.run_dir / "results.csv", results_frame(self.results))
         pred_counts = np.bincount(proba.argmax(axis=1), minlength=3)
+        job.update(metrics=scores, val_pred_counts=dict(zip(CLASSES, pred_counts.tolist())),
+                   predictions_file=f"predictions/{combo}/fold_{k}.csv")
+        atomic_write_json(self.run_dir / "jobs" / combo / f"fold_{k}.json", job)
         log.info("  fold %d %s: QWK %.4f kappa %.4f acc %.4f F1-macro %.4f; predicted classes %s", k, combo,
                  scores["qwk"], scores["kappa"], scores["accuracy"], scores["f1_macro"],
                  dict(zip(CLASSES, pred_counts.tolist())))
