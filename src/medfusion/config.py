@@ -18,6 +18,13 @@ import yaml
 from medfusion.constants import IMAGE_MODALITIES, MODALITIES, canonical_combination
 
 
+RESUME_MODES = ("auto", "fresh", "from_models", "from_predictions")
+# Keys that may differ between a run and its resumption: they do not change what is computed.
+NON_RESULT_KEYS = frozenset({"runtime.run_name", "runtime.logs_dir", "runtime.device_mode", "runtime.gpus",
+                             "runtime.cpu_replicas", "runtime.verbosity", "runtime.resume_mode",
+                             "runtime.deterministic"})
+
+
 class ConfigError(ValueError):
     """A config value or key a user must fix; the message names it."""
 
@@ -35,6 +42,10 @@ class DataConfig:
     label_column: str = "Healing Phase Abs"
     image_size: int = 64
     box_margin: float = 0.15  # fraction of the box size added on each side before cropping
+    # metadata features: empty = every eligible column (not an identifier, free text or label-derived);
+    # a label-leaking column here is an error, and so is a column the metadata file does not have
+    feature_columns: tuple = ()
+    exclude_columns: tuple = ()  # dropped from the features (names must exist in the metadata file)
 
 
 @dataclass(frozen=True)
@@ -96,6 +107,8 @@ class RuntimeConfig:
     gpus: tuple = ()
     cpu_replicas: int = 1
     verbosity: int = 1
+    resume_mode: str = "auto"  # auto | fresh | from_models | from_predictions
+    deterministic: bool = False  # TensorFlow op determinism (slower); seeds are always set
 
 
 @dataclass(frozen=True)
@@ -293,6 +306,7 @@ def validate(cfg: Config) -> None:
     _check(r.device_mode != "custom" or len(r.gpus) > 0, "runtime.gpus", r.gpus, "--device_mode custom needs --gpus, e.g. 0,1")
     _check(r.cpu_replicas >= 1, "runtime.cpu_replicas", r.cpu_replicas, "must be >= 1")
     _check(0 <= r.verbosity <= 3, "runtime.verbosity", r.verbosity, "must be 0-3")
+    _check(r.resume_mode in RESUME_MODES, "runtime.resume_mode", r.resume_mode, f"one of {', '.join(RESUME_MODES)}")
     _check(bool(r.run_name) and "/" not in r.run_name and r.run_name not in (".", ".."),
            "runtime.run_name", r.run_name, "a plain folder name")
 
@@ -312,6 +326,23 @@ def unfreeze_layers(value: str) -> int | None:
             "layers; to skip Stage 2 entirely set train.stage2.epochs: 0"
         )
     return n
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and k != "folders":
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def result_differences(saved: dict, cfg: Config) -> list[tuple[str, object, object]]:
+    """(key, saved value, current value) for every result-affecting key that differs."""
+    old, new = flatten(saved), flatten(config_to_dict(cfg))
+    keys = sorted((set(old) | set(new)) - NON_RESULT_KEYS)
+    return [(k, old.get(k, "<absent>"), new.get(k, "<absent>")) for k in keys if old.get(k, "<absent>") != new.get(k, "<absent>")]
 
 
 def config_yaml(cfg: Config) -> str:

@@ -3,7 +3,8 @@
 Inputs (names from DataConfig): metadata.csv, the two bounding-box CSVs and the four image
 folders depth_rgb / depth_map / thermal_rgb / thermal_map.
 
-Choices made here (each one is counted in `manifest.report` and logged):
+Choices made here (each one is counted in `manifest.report` and logged; docs/data_problems.md
+lists every message):
 
 * ONE SAMPLE PER DEPTH BOX. A depth frame with several wound boxes (Bounding Box Number
   1..3) yields one sample per valid box; the samples share the depth frame, its map, the
@@ -14,15 +15,31 @@ Choices made here (each one is counted in `manifest.report` and logged):
   order and the rule used is recorded in the sample's `match_rule`:
   `exact` -> `relax_angle` (any angle, same zoom + debridement) -> `relax_zoom` (any angle
   and zoom, same debridement) -> `relax_debridement` (any view of the visit). Ties go to the
-  first file name in sorted order. Only thermal frames that have a usable box and a
-  thermal_map file are candidates.
+  first file name in sorted order. Only thermal frames that have a usable box, a thermal_map
+  file and readable rgb and map files are candidates.
 * The thermal box is the thermal frame's box with the same Bounding Box Number, else its
   lowest-numbered box. Map frames use the box of their rgb frame.
 * Patient numbers in the box CSVs may be zero-padded or not; every join uses the integers
   parsed from the image file name, never the raw `Patient#` text.
-* Boxes with xmax <= xmin or ymax <= ymin, or lying entirely at negative coordinates, are
-  dropped here (that needs no image). Clipping to the frame size happens in images.py.
-* Duplicated visit keys (Patient#, Appt#, DFU#) in metadata.csv: the first row is kept.
+
+Bad input (ERROR = ValueError/FileNotFoundError naming file, row and value; SKIP = dropped,
+counted in the report with the first few names, and logged):
+
+* metadata: missing file, missing key/label column, non-integer key, non-UTF-8 bytes: ERROR.
+  Label values with surrounding spaces or in lower case are normalised (count logged); empty
+  or unknown label values: ERROR listing the rows (a guessed label is a wrong number).
+  Duplicated visit keys: the first row is kept (count and label conflicts logged). A feature
+  column that is entirely empty is dropped (logged). `data.feature_columns` naming an unknown
+  column, or `data.exclude_columns` naming one: ERROR listing the available columns; a
+  label-leaking column requested as a feature: ERROR.
+* boxes: rows with a missing coordinate, inverted (xmax < xmin or ymax < ymin), zero area or
+  lying entirely at negative coordinates: SKIP (the row is named). Boxes entirely outside
+  their frame (size read from the image header): SKIP. Boxes partly outside: kept, clipped by
+  images.crop_box, counted. Boxes under MIN_BOX_SIDE px on a side: kept, counted, warned.
+  Rows naming a frame that is not in the image folder: counted.
+* frames: a frame whose file is missing, empty, not an image or cut short (images.probe_frame,
+  no decoding) is SKIPPED with its samples, before any fold exists. A depth frame with no box
+  row, or whose box rows are all invalid, is SKIPPED.
 """
 
 from __future__ import annotations
@@ -37,6 +54,7 @@ import pandas as pd
 
 from medfusion.config import DataConfig
 from medfusion.constants import CLASSES, IMAGE_MODALITIES
+from medfusion.data.images import UNREADABLE_REASONS, UnreadableFrame, probe_frame
 from medfusion.data.manifest import BOX_FIELDS, Manifest
 
 LEAKY_COLUMNS = ("Healing Phase", "Phase Confidence (%)")
@@ -55,14 +73,21 @@ NON_FEATURE_COLUMNS = (
 KEY_COLUMNS = ("Patient#", "Appt#", "DFU#")
 BOX_COLUMNS = ("Filename", "Bounding Box Number", "Xmin", "Ymin", "Xmax", "Ymax")
 MATCH_RULES = ("exact", "relax_angle", "relax_zoom", "relax_debridement")
+# why a depth frame (or a thermal candidate) was not used; each frame counts once, under the
+# first reason in this order
 SKIP_REASONS = (
     "unparseable_name",
     "wrong_camera",
     "no_box",
+    "no_valid_box",
     "no_metadata_row",
     "missing_map_file",
+    "unreadable_frame",
+    "box_outside_frame",
     "no_thermal_frame",
 )
+BOX_ROW_PROBLEMS = ("missing_coordinate", "inverted_box", "zero_area_box", "negative_box")
+MIN_BOX_SIDE = 8  # px; smaller boxes are kept but counted and warned about
 N_EXAMPLES = 5
 LABEL_INDEX = {c: i for i, c in enumerate(CLASSES)}
 
@@ -122,6 +147,36 @@ class _Skips:
         if len(entry["examples"]) < N_EXAMPLES:
             entry["examples"].append(example)
 
+    def count(self, reason: str) -> int:
+        return self.data.get(reason, {}).get("count", 0)
+
+
+def _is_missing(v) -> bool:
+    if v is None or v is pd.NA:
+        return True
+    try:
+        return bool(pd.isna(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def _utf8_error(path: Path, what: str, exc: UnicodeDecodeError) -> ValueError:
+    data = path.read_bytes()
+    start = int(getattr(exc, "start", 0) or 0)
+    if not isinstance(getattr(exc, "object", None), (bytes, bytearray)) or len(exc.object) != len(data):
+        # pandas may decode in chunks: locate the first bad byte in the whole file
+        try:
+            data.decode("utf-8-sig")
+        except UnicodeDecodeError as whole:
+            start = whole.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
+    line = data[:start].count(b"\n") + 1
+    bad = data[start : start + 4]
+    return ValueError(
+        f"{what} file {str(path)!r} is not UTF-8: the byte(s) {bad!r} at line {line} (byte offset {start}) "
+        "are not valid UTF-8. The file was probably saved in another encoding (Windows-1252/Latin-1 from Excel, "
+        "or UTF-16). Re-save it as UTF-8 (Excel: 'CSV UTF-8'; or `iconv -f cp1252 -t utf-8 in.csv > out.csv`)."
+    )
+
 
 def _read_csv(path: Path, what: str) -> pd.DataFrame:
     if not path.is_file():
@@ -131,8 +186,12 @@ def _read_csv(path: Path, what: str) -> pd.DataFrame:
         )
     try:
         df = pd.read_csv(path, encoding="utf-8-sig", skipinitialspace=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise ValueError(f"{what} file {str(path)!r} could not be read as UTF-8 CSV: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise _utf8_error(path, what, exc) from None
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{what} file {str(path)!r} is empty; it needs a header row and one row per entry") from None
+    except pd.errors.ParserError as exc:
+        raise ValueError(f"{what} file {str(path)!r} could not be parsed as CSV: {exc}") from None
     df.columns = [str(c).strip() for c in df.columns]
     return df
 
@@ -154,57 +213,148 @@ def _int_column(df: pd.DataFrame, col: str, path: Path) -> np.ndarray:
         i = int(np.flatnonzero(bad.to_numpy())[0])
         raise ValueError(
             f"{str(path)!r}: row {i + 1} (line {i + 2} counting the header) has {col}={df[col].iloc[i]!r}; "
-            "expected an integer"
+            f"expected an integer ({int(bad.sum())} row(s) affected). Fill in or delete the row."
         )
     return vals.to_numpy().astype(np.int64)
 
 
-def _read_metadata(path: Path, label_column: str, log: logging.Logger, report: dict):
+def _blank(series: pd.Series) -> pd.Series:
+    """True where a value is missing or only whitespace."""
+    return series.isna() | series.astype("string").str.strip().fillna("").eq("")
+
+
+def _parse_labels(df: pd.DataFrame, label_column: str, path: Path, log: logging.Logger, report: dict) -> np.ndarray:
+    labels, bad, normalised = [], [], []
+    for i, v in enumerate(df[label_column].tolist()):
+        text = "" if _is_missing(v) else str(v)
+        s = text.strip().upper()
+        if s not in LABEL_INDEX:
+            bad.append((i, text))
+            labels.append(-1)
+            continue
+        if s != text:
+            normalised.append((i, text, s))
+        labels.append(LABEL_INDEX[s])
+    if bad:
+        listed = "; ".join(f"row {i + 1} (line {i + 2} counting the header) has {label_column}={t!r}"
+                           + (" (empty)" if not t.strip() else "") for i, t in bad[:N_EXAMPLES])
+        more = f" and {len(bad) - N_EXAMPLES} more" if len(bad) > N_EXAMPLES else ""
+        raise ValueError(
+            f"{str(path)!r}: {len(bad)} row(s) have a {label_column} value that is not one of {', '.join(CLASSES)}: "
+            f"{listed}{more}. Empty and unknown labels are never guessed: correct these rows or delete them "
+            "(lower case and surrounding spaces are accepted)."
+        )
+    if normalised:
+        log.warning("%s: %d %s value(s) normalised (surrounding spaces / lower case), e.g. %s", path.name,
+                    len(normalised), label_column,
+                    ", ".join(f"row {i + 1} {t!r} -> {s!r}" for i, t, s in normalised[:N_EXAMPLES]))
+    report["labels_normalised"] = len(normalised)
+    return np.asarray(labels, dtype=np.int64)
+
+
+def _select_features(df: pd.DataFrame, path: Path, data_cfg: DataConfig, log: logging.Logger, report: dict) -> list:
+    label_column = data_cfg.label_column
+    excluded = set(NON_FEATURE_COLUMNS) | {label_column, "__label"}
+    columns = [c for c in df.columns if c != "__label"]
+    eligible = [c for c in columns if c not in excluded]
+    leaky = set(LEAKY_COLUMNS) | {label_column}
+
+    def listing(cols):
+        return ", ".join(repr(c) for c in cols)
+
+    requested = [str(c).strip() for c in (getattr(data_cfg, "feature_columns", ()) or ())]
+    for c in requested:
+        if c in leaky:
+            raise ValueError(
+                f"data.feature_columns requests {c!r}, which is {'the label' if c == label_column else 'derived from the label'}"
+                f" and would leak it into the features; remove it (never usable: {listing(sorted(leaky))})"
+            )
+        if c not in columns:
+            raise ValueError(
+                f"data.feature_columns requests {c!r}, which is not a column of {str(path)!r}; "
+                f"available feature columns: {listing(eligible)}"
+            )
+    for c in getattr(data_cfg, "exclude_columns", ()) or ():
+        if str(c).strip() not in columns:
+            raise ValueError(
+                f"data.exclude_columns names {str(c).strip()!r}, which is not a column of {str(path)!r}; "
+                f"available feature columns: {listing(eligible)}"
+            )
+    if requested:
+        features = list(dict.fromkeys(requested))
+        extra = [c for c in features if c in excluded]
+        if extra:
+            log.warning("%s: data.feature_columns includes identifier/free-text column(s) %s that are not "
+                        "features by default", path.name, extra)
+    else:
+        features = eligible
+    exclude = {str(c).strip() for c in (getattr(data_cfg, "exclude_columns", ()) or ())}
+    features = [c for c in features if c not in exclude]
+    empty = [c for c in features if _blank(df[c]).all()]
+    if empty:
+        (log.warning if requested else log.info)(
+            "%s: %d entirely empty column(s) dropped from the features: %s", path.name, len(empty), empty)
+    features = [c for c in features if c not in empty]
+    report["empty_columns_dropped"] = empty
+    report["feature_columns"] = {"n": len(features), "requested": requested, "excluded": sorted(exclude)}
+    if not features:
+        log.warning("%s: no metadata feature columns remain (check data.feature_columns / data.exclude_columns)",
+                    path.name)
+    return features
+
+
+def _read_metadata(path: Path, data_cfg: DataConfig, log: logging.Logger, report: dict):
+    label_column = data_cfg.label_column
     df = _read_csv(path, "metadata")
     _require_columns(df, path, list(KEY_COLUMNS) + [label_column], "metadata")
     for c in KEY_COLUMNS:
         df[c] = _int_column(df, c, path)
-    raw = df[label_column]
-    labels = []
-    for i, v in enumerate(raw.tolist()):
-        s = "" if (v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA) else str(v).strip().upper()
-        if s not in LABEL_INDEX:
-            raise ValueError(
-                f"{str(path)!r}: row {i + 1} (line {i + 2} counting the header) has {label_column}={v!r}; "
-                f"expected one of {', '.join(CLASSES)}"
-            )
-        labels.append(LABEL_INDEX[s])
-    df["__label"] = np.asarray(labels, dtype=np.int64)
+    df["__label"] = _parse_labels(df, label_column, path, log, report)
 
     dup = df.duplicated(list(KEY_COLUMNS), keep="first")
     n_dup = int(dup.sum())
     dup_keys = [tuple(int(x) for x in k) for k in df.loc[dup, list(KEY_COLUMNS)].to_numpy()[:N_EXAMPLES]]
+    conflicts = 0
     if n_dup:
+        first_label = df.loc[~dup].set_index(list(KEY_COLUMNS))["__label"]
+        for key, lab in zip(df.loc[dup, list(KEY_COLUMNS)].itertuples(index=False), df.loc[dup, "__label"]):
+            conflicts += int(first_label.loc[tuple(key)] != lab)
         log.warning(
-            "%s: %d duplicated visit key(s) (Patient#, Appt#, DFU#) dropped, first row kept; e.g. %s",
-            path.name, n_dup, dup_keys,
+            "%s: %d duplicated visit key(s) (Patient#, Appt#, DFU#) dropped, first row kept "
+            "(%d with a different label than the kept row); e.g. %s",
+            path.name, n_dup, conflicts, dup_keys,
         )
         df = df.loc[~dup].reset_index(drop=True)
     report["duplicate_visits"] = n_dup
     report["duplicate_visit_keys"] = [list(k) for k in dup_keys]
-
-    excluded = set(NON_FEATURE_COLUMNS) | {label_column}
-    features = [c for c in df.columns if c not in excluded and c != "__label"]
-    empty = [c for c in features if df[c].isna().all() or df[c].astype("string").str.strip().fillna("").eq("").all()]
-    if empty:
-        log.info("%s: %d entirely empty column(s) dropped from the features: %s", path.name, len(empty), empty)
-    features = [c for c in features if c not in empty]
-    report["empty_columns_dropped"] = empty
+    report["duplicate_visits_conflicting_labels"] = conflicts
+    features = _select_features(df, path, data_cfg, log, report)
     return df, features
 
 
-def _read_boxes(path: Path, what: str, log: logging.Logger, report_key: str, report: dict) -> dict:
-    """file name -> {box_number: (xmin, ymin, xmax, ymax)}; bad rows counted."""
+def _box_problem(c: np.ndarray) -> str | None:
+    if np.isnan(c).any():
+        return "missing_coordinate"
+    if c[2] < c[0] or c[3] < c[1]:
+        return "inverted_box"
+    if c[2] == c[0] or c[3] == c[1]:
+        return "zero_area_box"
+    if c[2] <= 0 or c[3] <= 0:
+        return "negative_box"
+    return None
+
+
+def _read_boxes(path: Path, what: str, log: logging.Logger, report_key: str, report: dict):
+    """file name -> {box_number: (xmin, ymin, xmax, ymax)}, and file name -> {box_number: CSV row}.
+
+    Bad rows are counted by kind (BOX_ROW_PROBLEMS, their sum as `invalid_box`), named by row.
+    """
     df = _read_csv(path, what)
     _require_columns(df, path, BOX_COLUMNS, what)
     out: dict[str, dict[int, tuple]] = {}
-    counts = {"rows": len(df), "invalid_box": 0, "unparseable_name": 0, "duplicate_box": 0}
-    examples: dict[str, list] = {"invalid_box": [], "unparseable_name": [], "duplicate_box": []}
+    rows_of: dict[str, dict[int, int]] = {}
+    skips = _Skips()
+    named = set()  # every parseable file name that has at least one row
     names = df["Filename"].astype("string").str.strip().fillna("").tolist()
     nums = pd.to_numeric(df["Bounding Box Number"], errors="coerce").fillna(1).astype(int).tolist()
     coords = df[["Xmin", "Ymin", "Xmax", "Ymax"]].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
@@ -213,38 +363,51 @@ def _read_boxes(path: Path, what: str, log: logging.Logger, report_key: str, rep
         try:
             parse_frame_name(base)
         except ValueError:
-            counts["unparseable_name"] += 1
-            if len(examples["unparseable_name"]) < N_EXAMPLES:
-                examples["unparseable_name"].append(base)
+            skips.add("unparseable_name", f"{base!r} (row {i + 1})")
             continue
-        if np.isnan(c).any() or c[2] <= c[0] or c[3] <= c[1] or c[2] <= 0 or c[3] <= 0:
-            counts["invalid_box"] += 1
-            if len(examples["invalid_box"]) < N_EXAMPLES:
-                examples["invalid_box"].append(f"{base}#{num} (row {i + 1}: {c.tolist()})")
+        named.add(base)
+        problem = _box_problem(c)
+        if problem:
+            shown = [None if np.isnan(v) else (int(v) if float(v).is_integer() else float(v)) for v in c]
+            example = f"{base}#{num} (row {i + 1}: {shown})"
+            skips.add(problem, example)
+            skips.add("invalid_box", f"{example} {problem}")
             continue
         boxes = out.setdefault(base, {})
         if num in boxes:
-            counts["duplicate_box"] += 1
-            if len(examples["duplicate_box"]) < N_EXAMPLES:
-                examples["duplicate_box"].append(f"{base}#{num}")
+            skips.add("duplicate_box", f"{base}#{num} (row {i + 1})")
             continue
         boxes[num] = tuple(int(round(v)) for v in c)
+        rows_of.setdefault(base, {})[num] = i + 1
+        if min(c[2] - c[0], c[3] - c[1]) < MIN_BOX_SIDE:
+            skips.add("small_box", f"{base}#{num} (row {i + 1}: {int(c[2] - c[0])}x{int(c[3] - c[1])} px)")
     for k in ("invalid_box", "unparseable_name", "duplicate_box"):
-        if counts[k]:
-            log.info("%s: %d row(s) dropped (%s), e.g. %s", path.name, counts[k], k, examples[k])
-    report[report_key] = {**counts, "frames": len(out), "examples": {k: v for k, v in examples.items() if v}}
-    return out
+        if skips.count(k):
+            log.warning("%s: %d row(s) dropped (%s), e.g. %s", path.name, skips.count(k), k, skips.data[k]["examples"])
+    if skips.count("small_box"):
+        log.warning("%s: %d box(es) smaller than %d px on a side kept (their crops are mostly upscaled), e.g. %s",
+                    path.name, skips.count("small_box"), MIN_BOX_SIDE, skips.data["small_box"]["examples"])
+    counts = {"rows": len(df)}
+    for k in ("invalid_box", *BOX_ROW_PROBLEMS, "unparseable_name", "duplicate_box", "small_box"):
+        counts[k] = skips.count(k)
+    report[report_key] = {
+        **counts,
+        "frames": len(out),
+        "examples": {k: v["examples"] for k, v in skips.data.items()},
+    }
+    return out, rows_of, named
 
 
-def _list_frames(folder: Path, camera: str, skips: _Skips | None) -> dict[str, FrameKey]:
+def _list_frames(folder: Path, camera: str, skips: _Skips | None) -> tuple[dict[str, FrameKey], set]:
     if not folder.is_dir():
         raise FileNotFoundError(
             f"image folder {str(folder)!r} not found; check data.data_dir and data.folders in the data config"
         )
-    frames = {}
+    frames, present = {}, set()
     for p in sorted(folder.iterdir()):
         if not p.is_file() or p.suffix.lower() != ".png":
             continue
+        present.add(p.name)
         try:
             key = parse_frame_name(p.name)
         except ValueError:
@@ -256,7 +419,7 @@ def _list_frames(folder: Path, camera: str, skips: _Skips | None) -> dict[str, F
                 skips.add("wrong_camera", p.name)
             continue
         frames[p.name] = key
-    return frames
+    return frames, present
 
 
 def _match_thermal(depth: FrameKey, candidates: list[tuple[str, FrameKey]]):
@@ -274,11 +437,74 @@ def _match_thermal(depth: FrameKey, candidates: list[tuple[str, FrameKey]]):
     return None, None
 
 
+class _FrameChecks:
+    """Probes each image file once (header only) and checks boxes against the frame size."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.sizes: dict[str, tuple | None] = {}
+        self.unreadable = _Skips()
+        self.first_message: dict[str, str] = {}
+        self.box_state: dict[tuple, str] = {}
+
+    def _rel(self, path: Path) -> str:
+        try:
+            return str(path.relative_to(self.root))
+        except ValueError:
+            return str(path)
+
+    def size(self, path: Path):
+        key = str(path)
+        if key not in self.sizes:
+            try:
+                self.sizes[key] = probe_frame(path)
+            except UnreadableFrame as exc:
+                self.sizes[key] = None
+                self.unreadable.add(exc.reason, self._rel(path))
+                self.first_message.setdefault(exc.reason, str(exc))
+        return self.sizes[key]
+
+    def readable(self, *paths: Path) -> bool:
+        return all([self.size(p) is not None for p in paths])  # list: probe every path, count each failure
+
+    def fit(self, box, paths) -> str:
+        """'ok', 'clipped' (partly outside a frame) or 'outside' (entirely outside one of the frames)."""
+        state = "ok"
+        for p in paths:
+            w, h = self.sizes[str(p)]
+            xmin, ymin, xmax, ymax = box
+            if xmax <= 0 or ymax <= 0 or xmin >= w or ymin >= h:
+                return "outside"
+            if xmin < 0 or ymin < 0 or xmax > w or ymax > h:
+                state = "clipped"
+        return state
+
+
+def _fit_boxes(name, boxes, rows, paths, checks: _FrameChecks, box_skips: _Skips) -> dict:
+    """The boxes of one frame that lie at least partly inside every one of its frames (rgb and map)."""
+    kept = {}
+    for num in sorted(boxes):
+        state = checks.fit(boxes[num], paths)
+        if (name, num) not in checks.box_state:
+            checks.box_state[(name, num)] = state
+            if state != "ok":
+                sizes = " / ".join("{}x{}".format(*checks.sizes[str(p)]) for p in paths)
+                box_skips.add("outside_frame" if state == "outside" else "clipped",
+                              f"{name}#{num} (row {rows[num]}: {list(boxes[num])}, frame {sizes})")
+        if state != "outside":
+            kept[num] = boxes[num]
+    return kept
+
+
 # ----------------------------------------------------------------------------- loader
 
 
 def load_dfu(data_dir, data_cfg: DataConfig, log: logging.Logger | None = None) -> Manifest:
-    """Read the DFU layout in `data_dir` (file and folder names from `data_cfg`) into a Manifest."""
+    """Read the DFU layout in `data_dir` (file and folder names from `data_cfg`) into a Manifest.
+
+    Raises FileNotFoundError / ValueError with a message naming the file, row and value for input
+    that cannot be used; skips (with counts in `manifest.report` and log lines) what can be left out.
+    """
     log = log or logging.getLogger("medfusion.data.dfu")
     root = Path(data_dir).resolve()
     if not root.is_dir():
@@ -289,26 +515,50 @@ def load_dfu(data_dir, data_cfg: DataConfig, log: logging.Logger | None = None) 
     report: dict = {}
 
     meta_path = root / data_cfg.metadata_csv
-    meta, features = _read_metadata(meta_path, data_cfg.label_column, log, report)
+    meta, features = _read_metadata(meta_path, data_cfg, log, report)
     visits = {tuple(int(x) for x in k): i for i, k in enumerate(meta[list(KEY_COLUMNS)].to_numpy())}
 
-    depth_boxes = _read_boxes(root / data_cfg.depth_boxes_csv, "depth bounding-box", log, "depth_boxes", report)
-    thermal_boxes = _read_boxes(root / data_cfg.thermal_boxes_csv, "thermal bounding-box", log, "thermal_boxes", report)
+    depth_boxes, depth_rows, depth_named = _read_boxes(
+        root / data_cfg.depth_boxes_csv, "depth bounding-box", log, "depth_boxes", report)
+    thermal_boxes, thermal_rows, thermal_named = _read_boxes(
+        root / data_cfg.thermal_boxes_csv, "thermal bounding-box", log, "thermal_boxes", report)
 
     skips = _Skips()
-    depth_frames = _list_frames(folders["depth_rgb"], "D", skips)
+    depth_frames, depth_present = _list_frames(folders["depth_rgb"], "D", skips)
     thermal_skips = _Skips()
-    thermal_frames = _list_frames(folders["thermal_rgb"], "T", thermal_skips)
+    thermal_frames, thermal_present = _list_frames(folders["thermal_rgb"], "T", thermal_skips)
+    checks = _FrameChecks(root)
+    depth_box_skips, thermal_box_skips = _Skips(), _Skips()
 
-    # usable thermal candidates per visit: a box and a map file
+    # box rows naming a frame that is not in the folder
+    for key, named, present, folder in (("depth_boxes", depth_named, depth_present, folders["depth_rgb"]),
+                                        ("thermal_boxes", thermal_named, thermal_present, folders["thermal_rgb"])):
+        absent = sorted(named - present)
+        report[key]["frames_not_found"] = len(absent)
+        if absent:
+            report[key]["examples"]["frames_not_found"] = absent[:N_EXAMPLES]
+            log.warning("%s: %d file name(s) with box rows have no image in %s, e.g. %s",
+                        key.replace("_", " "), len(absent), folder, absent[:N_EXAMPLES])
+
+    # usable thermal candidates per visit: a valid box, a map file, readable frames, a box inside them
     by_visit: dict[tuple, list] = {}
+    usable_thermal_boxes: dict[str, dict] = {}
     for name, key in thermal_frames.items():
         if name not in thermal_boxes:
-            thermal_skips.add("no_box", name)
+            thermal_skips.add("no_valid_box" if name in thermal_named else "no_box", name)
             continue
-        if not (folders["thermal_map"] / name).is_file():
+        paths = (folders["thermal_rgb"] / name, folders["thermal_map"] / name)
+        if not paths[1].is_file():
             thermal_skips.add("missing_map_file", name)
             continue
+        if not checks.readable(*paths):
+            thermal_skips.add("unreadable_frame", name)
+            continue
+        kept = _fit_boxes(name, thermal_boxes[name], thermal_rows[name], paths, checks, thermal_box_skips)
+        if not kept:
+            thermal_skips.add("box_outside_frame", name)
+            continue
+        usable_thermal_boxes[name] = kept
         by_visit.setdefault(key.visit, []).append((name, key))
 
     rows = []
@@ -317,21 +567,29 @@ def load_dfu(data_dir, data_cfg: DataConfig, log: logging.Logger | None = None) 
     for name, key in depth_frames.items():
         boxes = depth_boxes.get(name)
         if not boxes:
-            skips.add("no_box", name)
+            skips.add("no_valid_box" if name in depth_named else "no_box", name)
             continue
         mi = visits.get(key.visit)
         if mi is None:
             skips.add("no_metadata_row", name)
             continue
-        if not (folders["depth_map"] / name).is_file():
+        paths = (folders["depth_rgb"] / name, folders["depth_map"] / name)
+        if not paths[1].is_file():
             skips.add("missing_map_file", name)
+            continue
+        if not checks.readable(*paths):
+            skips.add("unreadable_frame", name)
+            continue
+        boxes = _fit_boxes(name, boxes, depth_rows[name], paths, checks, depth_box_skips)
+        if not boxes:
+            skips.add("box_outside_frame", name)
             continue
         rule, tname = _match_thermal(key, by_visit.get(key.visit, []))
         if rule is None:
             skips.add("no_thermal_frame", name)
             continue
         used_thermal.add(tname)
-        tboxes = thermal_boxes[tname]
+        tboxes = usable_thermal_boxes[tname]
         for num in sorted(boxes):
             tbox = tboxes.get(num, tboxes[min(tboxes)])
             dbox = boxes[num]
@@ -359,10 +617,28 @@ def load_dfu(data_dir, data_cfg: DataConfig, log: logging.Logger | None = None) 
             rows.append(row)
             rule_counts[rule] += 1
 
+    # frame-level box checks (need the frame size) go into the per-CSV report
+    for key, bs in (("depth_boxes", depth_box_skips), ("thermal_boxes", thermal_box_skips)):
+        for k in ("outside_frame", "clipped"):
+            report[key][k] = bs.count(k)
+            if bs.count(k):
+                report[key]["examples"][k] = bs.data[k]["examples"]
+        if bs.count("outside_frame"):
+            log.warning("%s: %d box(es) lie entirely outside their frame and were dropped, e.g. %s",
+                        key.replace("_", " "), bs.count("outside_frame"), bs.data["outside_frame"]["examples"])
+        if bs.count("clipped"):
+            log.info("%s: %d box(es) reach past the frame edge and are clipped, e.g. %s",
+                     key.replace("_", " "), bs.count("clipped"), bs.data["clipped"]["examples"])
+    unreadable = {r: checks.unreadable.data[r] for r in UNREADABLE_REASONS if r in checks.unreadable.data}
+    for reason, e in unreadable.items():
+        log.warning("image files skipped (%s): %d, e.g. %s (%s)", reason, e["count"], e["examples"],
+                    checks.first_message[reason])
+
     base_cols = ["sample_id", "patient", "visit", "label", "match_rule", "appt", "dfu", "box_number"]
     for m in IMAGE_MODALITIES:
         base_cols += [f"{m}_path"] + [f"{m}_{f}" for f in BOX_FIELDS]
     samples = pd.DataFrame(rows, columns=base_cols + ["_random", "_meta_row"])
+    used_meta_rows = np.unique(samples["_meta_row"].to_numpy(dtype=np.int64)) if len(samples) else np.array([], int)
     if len(samples):
         # unique sample ids: two depth frames of the same view -> append the random number
         dup = samples["sample_id"].duplicated(keep=False)
@@ -374,9 +650,11 @@ def load_dfu(data_dir, data_cfg: DataConfig, log: logging.Logger | None = None) 
     else:
         samples = pd.DataFrame(columns=base_cols + features)
     if len(samples) == 0:
+        reasons = {k: v["count"] for k, v in skips.data.items()}
         raise ValueError(
-            f"no samples could be built from {str(root)!r}: skipped depth frames by reason "
-            f"{ {k: v['count'] for k, v in skips.data.items()} }; check the folders and box CSVs"
+            f"no samples could be built from {str(root)!r}: {len(depth_frames)} depth frames, skipped by reason "
+            f"{reasons}; unreadable image files {({k: v['count'] for k, v in unreadable.items()})}; "
+            f"{len(meta)} metadata rows. Check the folders, the box CSVs and that file names follow DATA_FORMAT.md"
         )
 
     for rule in MATCH_RULES:
@@ -384,18 +662,31 @@ def load_dfu(data_dir, data_cfg: DataConfig, log: logging.Logger | None = None) 
     for reason in SKIP_REASONS:
         if reason in skips.data:
             e = skips.data[reason]
-            log.info("DFU depth frames skipped (%s): %d, e.g. %s", reason, e["count"], e["examples"])
+            (log.warning if reason in ("unreadable_frame", "box_outside_frame") else log.info)(
+                "DFU depth frames skipped (%s): %d, e.g. %s", reason, e["count"], e["examples"])
     for reason, e in thermal_skips.data.items():
         log.info("DFU thermal frames unusable (%s): %d, e.g. %s", reason, e["count"], e["examples"])
     unused = sorted(set(n for lst in by_visit.values() for n, _ in lst) - used_thermal)
+
+    # missing values of the feature columns over the metadata rows the samples use
+    used_meta = meta.iloc[used_meta_rows]
+    missing = {c: int(_blank(used_meta[c]).sum()) for c in features}
+    missing = dict(sorted(((c, n) for c, n in missing.items() if n), key=lambda kv: (-kv[1], kv[0])))
+    # frame sizes (from the image headers) per modality over the frames the samples use
+    frame_sizes = {}
+    for m in IMAGE_MODALITIES:
+        wh = np.array([checks.sizes[p] for p in samples[f"{m}_path"].unique()], dtype=np.int64).reshape(-1, 2)
+        frame_sizes[m] = {"n_frames": int(len(wh)), "width": [int(wh[:, 0].min()), int(wh[:, 0].max())],
+                          "height": [int(wh[:, 1].min()), int(wh[:, 1].max())]}
 
     n_visits = int(samples["visit"].nunique())
     report.update(
         {
             "match_rules": rule_counts,
             "skipped": {k: skips.data[k] for k in SKIP_REASONS if k in skips.data},
-            "thermal_unusable": thermal_skips.data,
+            "thermal_unusable": {k: thermal_skips.data[k] for k in SKIP_REASONS if k in thermal_skips.data},
             "thermal_frames_unused": {"count": len(unused), "examples": unused[:N_EXAMPLES]},
+            "unreadable_files": unreadable,
             "n_depth_frames": len(depth_frames),
             "n_thermal_frames": len(thermal_frames),
             "n_metadata_rows": len(meta),
@@ -404,6 +695,8 @@ def load_dfu(data_dir, data_cfg: DataConfig, log: logging.Logger | None = None) 
             "n_patients": int(samples["patient"].nunique()),
             "visits_without_samples": int(len(meta) - n_visits),
             "class_counts": {c: int((samples["label"] == i).sum()) for i, c in enumerate(CLASSES)},
+            "missing_values": {"n_rows": int(len(used_meta)), "columns": missing},
+            "frame_sizes": frame_sizes,
         }
     )
     log.info(

@@ -9,12 +9,25 @@ Conventions
 * 16-bit single-channel frames (depth in mm, temperature) are min-max scaled per frame:
   round((v - min) / (max - min) * 255); a constant frame becomes zeros.
 * 16-bit colour frames are divided by 257 (rounded).
+
+Checking frames without decoding them (`probe_frame`)
+* The loader (dfu.py) probes every frame it is about to reference: the file exists, is not empty,
+  starts with a PNG or JPEG signature (any other content is decoded once by OpenCV to decide),
+  is not cut short (a PNG must end with its IEND chunk, a JPEG with its EOI marker) and has a
+  non-zero width and height, read from the header. That costs two small reads per file, so
+  building a manifest never decodes an image, and boxes are checked against the header's frame
+  size there. A frame that fails is skipped with its reason (`UnreadableFrame.reason`).
+* A full decode happens once per frame: in `load_crops` (which caches the crops) during a search,
+  or in `python main.py --mode check_data`, which decodes every referenced frame to find damage a
+  header cannot show (a corrupted compressed stream). There a failure is a problem to fix, not a
+  skip, because a search would stop at that file.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import struct
 from pathlib import Path
 
 import cv2
@@ -23,6 +36,88 @@ import numpy as np
 from medfusion.data.manifest import BOX_FIELDS
 
 _CROP_CACHE: dict = {}
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SIGNATURE = b"\xff\xd8\xff"
+UNREADABLE_REASONS = ("missing_file", "empty_file", "not_an_image", "truncated")
+_TAIL = 1024  # end markers are searched in the last bytes (tolerates a little trailing data)
+
+
+class UnreadableFrame(ValueError):
+    """A frame that cannot be used; `reason` is one of UNREADABLE_REASONS, the message names the file."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def _jpeg_size(data: bytes):
+    """(width, height) from the first SOF segment of a JPEG, or None."""
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+            if i + 9 > len(data):
+                return None
+            h, w = struct.unpack(">HH", data[i + 5 : i + 9])
+            return w, h
+        i += 2 + length
+    return None
+
+
+def probe_frame(path) -> tuple[int, int]:
+    """(width, height) of an image file, checked without decoding it; UnreadableFrame otherwise.
+
+    See the module docstring for what is checked. Cheap: reads the first and last bytes of a PNG.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise UnreadableFrame("missing_file", f"image file {str(p)!r} does not exist")
+    size = p.stat().st_size
+    if size == 0:
+        raise UnreadableFrame("empty_file", f"image file {str(p)!r} is empty (0 bytes)")
+    with open(p, "rb") as f:
+        head = f.read(64)
+        if head.startswith(JPEG_SIGNATURE):
+            f.seek(0)
+            data = f.read()
+            tail = data[-_TAIL:]
+        else:
+            f.seek(max(0, size - _TAIL))
+            tail = f.read()
+    if head.startswith(PNG_SIGNATURE):
+        if len(head) < 24 or head[12:16] != b"IHDR":
+            raise UnreadableFrame("truncated", f"image file {str(p)!r} is a PNG without a complete header")
+        w, h = struct.unpack(">II", head[16:24])
+        if b"IEND" not in tail:
+            raise UnreadableFrame("truncated", f"image file {str(p)!r} is a PNG cut short (no IEND end chunk, "
+                                                f"{size} bytes); copy the file again from the source")
+    elif head.startswith(JPEG_SIGNATURE):
+        if b"\xff\xd9" not in tail:
+            raise UnreadableFrame("truncated", f"image file {str(p)!r} is a JPEG cut short (no end marker, "
+                                                f"{size} bytes); copy the file again from the source")
+        wh = _jpeg_size(data)
+        if wh is None:
+            raise UnreadableFrame("truncated", f"image file {str(p)!r} is a JPEG without a readable size header")
+        w, h = wh
+    else:  # another format OpenCV may know (rare): decide by decoding it once
+        img = cv2.imdecode(np.fromfile(str(p), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        if img is None:
+            raise UnreadableFrame("not_an_image", f"image file {str(p)!r} is not an image OpenCV can read "
+                                                   f"(starts with {head[:8]!r}); replace it with a PNG")
+        h, w = img.shape[:2]
+    if w == 0 or h == 0:
+        raise UnreadableFrame("not_an_image", f"image file {str(p)!r} declares a {w}x{h} frame")
+    return int(w), int(h)
 
 
 def clear_crop_cache() -> None:
@@ -125,7 +220,13 @@ def load_crops(manifest, modality: str, image_size: int, margin: float, log: log
     marks = {max(1, round(n * q)) for q in (0.25, 0.5, 0.75, 1.0)} if n >= 100 else set()
     ids = s["sample_id"].astype(str).tolist() if "sample_id" in s.columns else [str(i) for i in range(len(paths))]
     for done, (p, rows) in enumerate(by_frame.items(), start=1):
-        frame = read_frame(p)
+        try:
+            frame = read_frame(p)
+        except (FileNotFoundError, ValueError) as exc:
+            raise ValueError(
+                f"{modality} frame of sample {ids[rows[0]]!r}: {exc}. Replace or remove the file; "
+                "`python main.py --mode check_data --data_dir DIR` decodes every frame and lists all such files"
+            ) from None
         for i in rows:
             try:
                 crop = crop_box(frame, boxes[i], margin)
