@@ -170,7 +170,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value is None:
             return ()
         if isinstance(value, str):
-            value = [v for v in value.replace(" ", "").split(",") if v]
+            value = [v.strip() for v in value.split(",") if v.strip()]  # keeps inner spaces: "Weight (Kg)"
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key {key!r} must be a list, got {value!r}")
         return tuple(value)
@@ -266,13 +266,67 @@ def _check(cond: bool, key: str, value: Any, want: str) -> None:
         raise ConfigError(f"config key {key!r} = {value!r} is out of range: {want}")
 
 
+# Backbones registered by medfusion.models.backbones at import. A name outside this set is checked
+# against the live registry (importing it loads TensorFlow, so the common case avoids that);
+# tests/test_config.py keeps the two in step.
+BUILTIN_BACKBONES = ("efficientnet_b3", "efficientnet_b0", "tiny")
+# Never features: derived from the label (the configured label column is refused as well).
+LABEL_LEAKING_COLUMNS = ("Healing Phase", "Phase Confidence (%)")
+
+
+def _check_backbone(name: str) -> None:
+    if name in BUILTIN_BACKBONES:
+        return
+    from medfusion.models.backbones import BACKBONES  # lazy: imports keras / TensorFlow
+
+    if name not in BACKBONES:
+        raise ConfigError(f"config key 'model.backbone' = {name!r} is not a registered backbone; "
+                          f"registered: {', '.join(sorted(BACKBONES))}")
+
+
+def _check_weights(weights: str) -> None:
+    w = str(weights).strip()
+    if w.lower() in ("none", "", "null", "imagenet"):
+        return
+    p = Path(w).expanduser()
+    if not p.is_file():
+        raise ConfigError(
+            f"config key 'model.weights' = {w!r}: no such file ({str(p.resolve())!r}); use 'none', 'imagenet' or "
+            "the path to an existing .weights.h5 / .h5 file (relative paths start at the working directory)"
+        )
+
+
+def _check_names(values, key: str) -> None:
+    for v in values:
+        if not isinstance(v, str) or not v.strip():
+            raise ConfigError(f"config key {key!r} must be a list of non-empty names, got {v!r} in {list(values)!r}")
+
+
 def validate(cfg: Config) -> None:
     d, m, f, t, s, r = cfg.data, cfg.model, cfg.forest, cfg.train, cfg.search, cfg.runtime
+    _check(bool(str(d.data_dir).strip()), "data.data_dir", d.data_dir, "a dataset folder")
+    for key in ("metadata_csv", "depth_boxes_csv", "thermal_boxes_csv", "label_column"):
+        _check(bool(str(getattr(d, key)).strip()), f"data.{key}", getattr(d, key), "must not be empty")
+    for mod, folder in d.folders.items():
+        _check(isinstance(folder, str) and bool(folder.strip()), f"data.folders.{mod}", folder, "a folder name")
+    _check_names(d.feature_columns, "data.feature_columns")
+    _check_names(d.exclude_columns, "data.exclude_columns")
+    leaky = set(LABEL_LEAKING_COLUMNS) | {d.label_column}
+    for c in d.feature_columns:
+        if c.strip() in leaky:
+            raise ConfigError(
+                f"config key 'data.feature_columns' requests {c.strip()!r}, which "
+                f"{'is the label' if c.strip() == d.label_column else 'is derived from the label'} and would leak it; "
+                f"remove it (never features: {', '.join(repr(x) for x in sorted(leaky))})"
+            )
+    _check(d.demo_seed >= 0, "data.demo_seed", d.demo_seed, "must be >= 0")
     _check(d.image_size >= 16, "data.image_size", d.image_size, "must be at least 16 pixels")
     _check(d.box_margin >= 0, "data.box_margin", d.box_margin, "must be >= 0")
     _check(d.demo_patients >= 10, "data.demo_patients", d.demo_patients, "must be >= 10")
     unknown_folders = set(d.folders) - set(IMAGE_MODALITIES)
     _check(not unknown_folders, "data.folders", sorted(unknown_folders), f"keys must be among {IMAGE_MODALITIES}")
+    _check_backbone(m.backbone)
+    _check_weights(m.weights)
     _check(m.head_units >= 1, "model.head_units", m.head_units, "must be >= 1")
     _check(0 <= m.dropout < 1, "model.dropout", m.dropout, "must be in [0, 1)")
     _check(0 < m.fusion_init_rf_weight < 1, "model.fusion_init_rf_weight", m.fusion_init_rf_weight, "must be in (0, 1)")
@@ -280,6 +334,9 @@ def validate(cfg: Config) -> None:
     _check(f.n_estimators >= 1, "forest.n_estimators", f.n_estimators, "must be >= 1")
     _check(f.inner_folds >= 2, "forest.inner_folds", f.inner_folds, "must be >= 2")
     _check(f.min_samples_leaf >= 1, "forest.min_samples_leaf", f.min_samples_leaf, "must be >= 1")
+    _check(f.max_depth is None or f.max_depth >= 1, "forest.max_depth", f.max_depth, "must be >= 1 (or none)")
+    _check(f.class_weight in (None, "balanced", "balanced_subsample"), "forest.class_weight", f.class_weight,
+           "one of balanced, balanced_subsample, none")
     _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
     _check(t.focal_gamma >= 0, "train.focal_gamma", t.focal_gamma, "must be >= 0")
     _check(t.max_alpha_ratio == 0 or t.max_alpha_ratio >= 1, "train.max_alpha_ratio", t.max_alpha_ratio,
@@ -300,10 +357,13 @@ def validate(cfg: Config) -> None:
         except ValueError as exc:
             raise ConfigError(f"config key 'search.combinations': {exc}") from None
     _check(s.cv_folds >= 2, "search.cv_folds", s.cv_folds, "must be >= 2")
+    _check(0 <= s.seed < 2**32, "search.seed", s.seed, "must be in [0, 2**32)")
     _check(0 < s.data_percentage <= 100, "search.data_percentage", s.data_percentage, "must be in (0, 100]")
     _check(r.device_mode in ("cpu", "single", "multi", "custom"), "runtime.device_mode", r.device_mode,
            "one of cpu, single, multi, custom")
     _check(r.device_mode != "custom" or len(r.gpus) > 0, "runtime.gpus", r.gpus, "--device_mode custom needs --gpus, e.g. 0,1")
+    for g in r.gpus:
+        _check(str(g).strip().isdigit(), "runtime.gpus", list(r.gpus), "GPU indices, e.g. 0,1")
     _check(r.cpu_replicas >= 1, "runtime.cpu_replicas", r.cpu_replicas, "must be >= 1")
     _check(0 <= r.verbosity <= 3, "runtime.verbosity", r.verbosity, "must be 0-3")
     _check(r.resume_mode in RESUME_MODES, "runtime.resume_mode", r.resume_mode, f"one of {', '.join(RESUME_MODES)}")
