@@ -7,6 +7,7 @@ to logs/<run>/folds.json (sample_id -> fold) and that file is the source of trut
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -52,7 +53,11 @@ def make_folds(manifest: Manifest, n_folds: int, seed: int) -> dict[str, int]:
                          f"lower --cv_folds to at most {n_patients}")
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     fold_of = np.full(len(manifest), -1, dtype=int)
-    for k, (_, val_idx) in enumerate(splitter.split(np.zeros(len(manifest)), manifest.labels, manifest.patients)):
+    with warnings.catch_warnings():
+        # "least populated class has only N members": check_class_patients says it per class, in patients
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        splits = list(splitter.split(np.zeros(len(manifest)), manifest.labels, manifest.patients))
+    for k, (_, val_idx) in enumerate(splits):
         fold_of[val_idx] = k
     assignment = dict(zip(manifest.samples["sample_id"].tolist(), fold_of.tolist()))
     check_folds(manifest, assignment, n_folds)
@@ -121,7 +126,7 @@ def check_fold_classes(manifest: Manifest, assignment: dict[str, int], n_folds: 
     of that fold is undefined. Returns warnings (not errors) for validation parts that lack a
     class: the fold is still scored, but its per-class F1 for that class is meaningless.
     """
-    warnings = []
+    notes = []
     per_class = class_patient_counts(manifest)
     for row in fold_class_counts(manifest, assignment, n_folds):
         k = row["fold"]
@@ -137,11 +142,11 @@ def check_fold_classes(manifest: Manifest, assignment: dict[str, int], n_folds: 
             )
         missing_val = [c for c in CLASSES if row["val"][c] == 0]
         if missing_val:
-            warnings.append(
+            notes.append(
                 f"fold {k}: the validation part has no samples of class {', '.join(missing_val)} "
                 f"({row['val_patients']} patients); its per-class scores for it are undefined"
             )
-    return warnings
+    return notes
 
 
 def check_class_patients(manifest: Manifest, n_folds: int) -> list[str]:
