@@ -512,6 +512,12 @@ def load_dfu(data_dir, data_cfg: DataConfig, log: logging.Logger | None = None) 
             f"data directory {str(root)!r} not found; set data.data_dir (or data.demo: true for the demo dataset)"
         )
     folders = {m: root / data_cfg.folders.get(m, m) for m in IMAGE_MODALITIES}
+    for m, folder in folders.items():
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"image folder {str(folder)!r} ({m}) not found; every sample needs all four image folders. "
+                "Check data.data_dir and data.folders in the data config"
+            )
     report: dict = {}
 
     meta_path = root / data_cfg.metadata_csv
@@ -653,7 +659,8 @@ def load_dfu(data_dir, data_cfg: DataConfig, log: logging.Logger | None = None) 
         reasons = {k: v["count"] for k, v in skips.data.items()}
         raise ValueError(
             f"no samples could be built from {str(root)!r}: {len(depth_frames)} depth frames, skipped by reason "
-            f"{reasons}; unreadable image files {({k: v['count'] for k, v in unreadable.items()})}; "
+            f"{reasons}; thermal frames unusable by reason {({k: v['count'] for k, v in thermal_skips.data.items()})}; "
+            f"unreadable image files {({k: v['count'] for k, v in unreadable.items()})}; "
             f"{len(meta)} metadata rows. Check the folders, the box CSVs and that file names follow DATA_FORMAT.md"
         )
 

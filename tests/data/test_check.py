@@ -1,0 +1,204 @@
+"""check_dataset / run_check_data on the small demo and on broken copies of it (one thing broken each)."""
+
+import dataclasses
+import logging
+import shutil
+
+import pandas as pd
+import pytest
+
+from medfusion.config import load_config, replace
+from medfusion.data.check import DatasetCheck, check_dataset, run_check_data
+from medfusion.data.synthetic import generate_demo
+
+LOG = logging.getLogger("tests.check_data")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return generate_demo(tmp_path_factory.mktemp("check") / "demo", seed=3, n_patients=24)
+
+
+@pytest.fixture
+def broken(demo, tmp_path):
+    """A fresh copy of the demo to break."""
+    return shutil.copytree(demo, tmp_path / "broken")
+
+
+def _cfg(data_dir, **overrides):
+    return load_config(None, {"data.data_dir": str(data_dir), "search.cv_folds": 3, **overrides})
+
+
+def _run(cfg, caplog):
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=LOG.name):
+        rc = run_check_data(cfg, LOG)
+    return rc, caplog.text
+
+
+def _meta(root):
+    return pd.read_csv(root / "metadata.csv", encoding="utf-8-sig")
+
+
+def _write_meta(root, df):
+    df.to_csv(root / "metadata.csv", index=False, encoding="utf-8-sig")
+
+
+def test_demo_is_usable_and_the_summary_says_what_a_user_needs(demo, caplog):
+    rc, text = _run(_cfg(demo), caplog)
+    assert rc == 0, text
+    check = check_dataset(_cfg(demo), LOG)
+    assert isinstance(check, DatasetCheck) and check.ok and check.problems == [] and check.manifest is not None
+    m = check.manifest
+    n_vis, n_pat = m.samples.visit.nunique(), m.samples.patient.nunique()
+    assert f"{len(m)} samples, {n_vis} visits, {n_pat} patients" in text
+    for line in ("classes per sample:", "classes per visit:", "classes per patient:",
+                 "samples by view-matching rule: exact", "relax_debridement", "depth frames skipped:",
+                 "thermal frames unusable:", "unreadable image files: 0", "missing values (",
+                 "depth_rgb    ", "frames 1280-1280 x 720-720 px", "thermal_map  ", "1080-1080 x 1440-1440 px",
+                 "folds (--cv_folds 3", "fold 2: train", "full decode of every referenced image file: 0 failed",
+                 "result: usable"):
+        assert line in text, line
+    for reason, e in m.report["skipped"].items():  # skipped frames by reason, with their first names
+        assert f"{reason} {e['count']}: {e['examples'][0]}" in text
+    assert "Odor" in text and "%)" in text  # the most-missing demo column, with its percentage
+    short = check.summary(short=True)
+    assert short.splitlines()[0].startswith(f"dataset {demo}: {len(m)} samples, {n_vis} visits, {n_pat} patients")
+    assert "PROBLEM" not in short and len(short.splitlines()) == 1 + len(check.warnings)
+    assert check.assignment is not None and set(check.assignment.values()) == {0, 1, 2}
+
+
+# ----------------------------------------------------------------------------- cannot be used: exit 1
+
+
+@pytest.mark.parametrize("breakage,expected", [
+    ("no_metadata", ["metadata file", "metadata.csv", "not found"]),
+    ("no_label_column", ["has no column 'Healing Phase Abs'"]),
+    ("not_utf8", ["metadata.csv", "is not UTF-8", "Re-save it as UTF-8"]),
+    ("bad_label", ["row 5 (line 6 counting the header) has Healing Phase Abs='Q'"]),
+    ("no_thermal_map_folder", ["image folder", "thermal_map", "not found"]),
+    ("no_depth_boxes", ["depth bounding-box file", "bounding_boxes_depth.csv"]),
+])
+def test_unreadable_required_input_exits_1_naming_it(broken, caplog, breakage, expected):
+    if breakage == "no_metadata":
+        (broken / "metadata.csv").unlink()
+    elif breakage == "no_label_column":
+        _write_meta(broken, _meta(broken).rename(columns={"Healing Phase Abs": "Phase"}))
+    elif breakage == "not_utf8":
+        text = (broken / "metadata.csv").read_text(encoding="utf-8-sig")
+        (broken / "metadata.csv").write_bytes(text.encode("cp1252", errors="replace"))  # '°C' -> b'\xb0'
+    elif breakage == "bad_label":
+        df = _meta(broken)
+        df.loc[4, "Healing Phase Abs"] = "Q"
+        _write_meta(broken, df)
+    elif breakage == "no_thermal_map_folder":
+        shutil.rmtree(broken / "thermal_map")
+    elif breakage == "no_depth_boxes":
+        (broken / "bounding_boxes_depth.csv").unlink()
+    rc, text = _run(_cfg(broken), caplog)
+    assert rc == 1
+    assert "PROBLEMS (1)" in text and "result: NOT usable" in text
+    for fragment in expected:
+        assert fragment in text, (fragment, text)
+    check = check_dataset(_cfg(broken), LOG)
+    assert not check.ok and check.manifest is None and len(check.problems) == 1
+    assert "NOT usable" in check.summary(short=True)
+
+
+def test_frame_with_damaged_image_data_fails_check_data(broken, caplog):
+    victim = sorted((broken / "depth_map").iterdir())[0]
+    data = bytearray(victim.read_bytes())
+    i = data.index(b"IDAT")
+    for j in range(i + 100, i + 400):  # header and IEND intact: only a full decode finds it
+        data[j] ^= 0x5A
+    victim.write_bytes(bytes(data))
+    assert check_dataset(_cfg(broken), LOG).ok  # the header check cannot see it
+    rc, text = _run(_cfg(broken), caplog)
+    assert rc == 1
+    assert "1 image file(s) used by" in text and "cannot be decoded" in text and victim.name in text
+    assert "a search would stop at the first one" in text
+
+
+def test_more_folds_than_patients(demo):
+    check = check_dataset(_cfg(demo, **{"search.cv_folds": 30}), LOG)
+    assert not check.ok and check.manifest is not None
+    assert check.problems == ["24 patients cannot fill 30 folds (every fold needs its own patients): "
+                              "lower --cv_folds to at most 24"]
+
+
+def test_data_percentage_leaving_too_little(demo):
+    check = check_dataset(_cfg(demo, **{"search.data_percentage": 10}), LOG)
+    assert not check.ok
+    assert "--data_percentage 10 keeps 2 of 24 patients, fewer than the 3 folds" in check.problems[0]
+
+
+def test_class_without_samples(broken):
+    df = _meta(broken)
+    df["Healing Phase Abs"] = df["Healing Phase Abs"].replace("R", "P")
+    _write_meta(broken, df)
+    check = check_dataset(_cfg(broken), LOG)
+    assert not check.ok
+    assert any(p.startswith("class R has no samples") for p in check.problems)
+    assert any("the training part has no samples of class R" in p and "no samples of class R at all" in p
+               for p in check.problems)
+
+
+def test_rare_class_on_one_patient_fails_the_fold_class_check(broken):
+    df = _meta(broken)
+    r_patients = sorted(df.loc[df["Healing Phase Abs"] == "R", "Patient#"].unique())
+    keep = r_patients[0]
+    df.loc[(df["Healing Phase Abs"] == "R") & (df["Patient#"] != keep), "Healing Phase Abs"] = "P"
+    _write_meta(broken, df)
+    check = check_dataset(_cfg(broken), LOG)
+    assert not check.ok
+    assert any("class R has 1 patient(s), fewer than the 3 folds" in w for w in check.warnings)
+    (problem,) = check.problems
+    assert "the training part has no samples of class R" in problem and "all in validation fold" in problem
+
+
+def test_leaky_feature_requested_without_config_validation(demo):
+    cfg = replace(_cfg(demo), "data.feature_columns", ("Age", "Phase Confidence (%)"))
+    check = check_dataset(cfg, LOG)
+    assert not check.ok and "'Phase Confidence (%)'" in check.problems[0] and "leak" in check.problems[0]
+
+
+def test_metadata_modality_without_features_is_a_problem(demo):
+    m = check_dataset(_cfg(demo), LOG).manifest
+    cfg = replace(_cfg(demo), "data.exclude_columns", tuple(m.feature_columns))
+    check = check_dataset(cfg, LOG)
+    assert not check.ok and "no metadata feature column is left" in check.problems[0]
+    cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, modalities=("depth_rgb",)))
+    assert check_dataset(cfg, LOG).ok
+
+
+# ----------------------------------------------------------------------------- usable, with counted skips
+
+
+def test_truncated_and_empty_frames_are_skipped_and_listed(broken, caplog):
+    names = sorted(p.name for p in (broken / "depth_map").iterdir())
+    cut, empty = broken / "depth_map" / names[0], broken / "thermal_map" / sorted(
+        p.name for p in (broken / "thermal_map").iterdir())[0]
+    cut.write_bytes(cut.read_bytes()[:200])
+    empty.write_bytes(b"")
+    check = check_dataset(_cfg(broken), LOG)
+    assert check.ok, check.problems
+    rep = check.manifest.report
+    assert rep["unreadable_files"]["truncated"] == {"count": 1, "examples": [f"depth_map/{cut.name}"]}
+    assert rep["unreadable_files"]["empty_file"] == {"count": 1, "examples": [f"thermal_map/{empty.name}"]}
+    text = check.summary()
+    assert "unreadable image files: 2" in text
+    assert f"truncated 1: depth_map/{cut.name}" in text and f"empty_file 1: thermal_map/{empty.name}" in text
+    assert any("2 image file(s) are missing, empty, not images or cut short" in w for w in check.warnings)
+    assert str(cut) not in set(check.manifest.samples.depth_map_path)
+
+
+def test_box_outside_and_inverted_are_skipped_and_named(broken):
+    boxes = pd.read_csv(broken / "bounding_boxes_depth.csv")
+    boxes.loc[0, ["Xmin", "Xmax"]] = [5000, 5100]  # outside the 1280x720 frame
+    boxes.loc[1, ["Xmin", "Xmax"]] = [boxes.loc[1, "Xmax"], boxes.loc[1, "Xmin"]]  # inverted
+    boxes.to_csv(broken / "bounding_boxes_depth.csv", index=False)
+    check = check_dataset(_cfg(broken), LOG)
+    assert check.ok
+    text = check.summary()
+    assert "outside_frame 1" in text and f"{boxes.loc[0, 'Filename']}#1 (row 1: [5000," in text
+    assert "invalid_box 1" in text and f"{boxes.loc[1, 'Filename']}#1 (row 2:" in text and "inverted_box" in text
