@@ -78,3 +78,79 @@ def test_canonical_combinations():
     assert combos[-1] == "metadata+depth_rgb+thermal_map"
     with pytest.raises(ValueError, match="unknown modality"):
         canonical_combination(["metadata", "ct"])
+
+
+# ----------------------------------------------------------------------------- validation gaps (robust input)
+
+
+@pytest.mark.parametrize("key,value,fragment", [
+    ("train.stage1.lr", 0, "train.stage1.lr"),
+    ("train.pretrain.lr", -0.001, "train.pretrain.lr"),
+    ("train.max_alpha_ratio", 0.99, "must be >= 1"),
+    ("data.image_size", 8, "data.image_size"),
+    ("data.box_margin", -0.1, "data.box_margin"),
+    ("search.cv_folds", 1, "search.cv_folds"),
+    ("search.data_percentage", 0, "search.data_percentage"),
+    ("search.data_percentage", 150, "search.data_percentage"),
+    ("search.seed", -1, "search.seed"),
+    ("forest.max_depth", 0, "forest.max_depth"),
+    ("forest.class_weight", "inverse", "forest.class_weight"),
+    ("runtime.gpus", "0,x", "runtime.gpus"),
+    ("runtime.verbosity", 7, "runtime.verbosity"),
+    ("data.label_column", " ", "data.label_column"),
+    ("data.metadata_csv", "", "data.metadata_csv"),
+    ("data.feature_columns", [1, "Age"], "data.feature_columns"),
+    ("search.combinations", ["metadata+ct"], "unknown modality 'ct'"),
+    ("model.dropout", 1.0, "model.dropout"),
+])
+def test_out_of_range_values_name_the_key(key, value, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace(".", r"\.").replace("+", r"\+")):
+        load_config(None, {key: value})
+
+
+@pytest.mark.parametrize("key,value", [("search.cv_folds", "five"), ("train.augment", "maybe"),
+                                       ("data.folders", "depth_rgb"), ("train.stage2", 3),
+                                       ("train.stage2.lr", [1e-5])])
+def test_wrong_types_name_the_key(key, value):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, {key: value})
+
+
+def test_unknown_nested_key_and_unknown_section():
+    with pytest.raises(ConfigError, match=r"'train\.stage2\.learning_rate'.*epochs, lr, patience"):
+        load_config(None, {"train.stage2.learning_rate": 1e-5})
+    with pytest.raises(ConfigError, match="'trainer'.*valid keys under the top level"):
+        load_config(None, {"trainer.x": 1})
+
+
+def test_unknown_backbone_lists_the_registered_ones():
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, {"model.backbone": "resnet50"})
+    msg = str(exc.value)
+    assert "'resnet50'" in msg and "efficientnet_b3" in msg and "tiny" in msg
+
+
+def test_builtin_backbone_names_match_the_registry():
+    from medfusion.config import BUILTIN_BACKBONES
+    from medfusion.models.backbones import BACKBONES
+
+    assert set(BUILTIN_BACKBONES) <= set(BACKBONES)
+
+
+def test_weights_path_must_exist(tmp_path):
+    missing = tmp_path / "nowhere" / "b3.weights.h5"
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, {"model.weights": str(missing)})
+    assert "model.weights" in str(exc.value) and str(missing) in str(exc.value)
+    present = tmp_path / "b3.weights.h5"
+    present.write_bytes(b"")  # existence is checked here; whether it fits the backbone is checked at build time
+    assert load_config(None, {"model.weights": str(present)}).model.weights == str(present)
+    for ok in ("none", "imagenet", "None"):
+        assert load_config(None, {"model.weights": ok}).model.weights == ok
+
+
+def test_feature_and_exclude_columns_default_empty_and_load():
+    cfg = load_config(None)
+    assert cfg.data.feature_columns == () and cfg.data.exclude_columns == ()
+    cfg = load_config(None, {"data.feature_columns": ["Age", "Weight (Kg)"], "data.exclude_columns": "Odor"})
+    assert cfg.data.feature_columns == ("Age", "Weight (Kg)") and cfg.data.exclude_columns == ("Odor",)
