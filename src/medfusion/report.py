@@ -45,7 +45,8 @@ def _pyplot():
 def _save(fig, path: Path) -> None:
     """Render to memory, then write atomically (temporary sibling + rename)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    constrained = fig.get_layout_engine() is not None  # already laid out; "tight" would draw it twice
+    fig.savefig(buf, format="png", dpi=110, bbox_inches=None if constrained else "tight")
     _pyplot().close(fig)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -265,8 +266,10 @@ def plot_fusion_weight(run, path: Path) -> bool:
             w2 = _hist(s2, "fusion_rf_weight")
             if w2:
                 x2 = list(range(len(w1), len(w1) + len(w2) + 1))
-                ax.plot(x2, [y1[-1]] + w2, color=color, ls="--", marker=".", ms=4)
-                ax.plot([len(w1)], [y1[-1]], "|", color=color, ms=14)
+                s2_start = _float(s2.get("fusion_rf_weight_start"))  # the restored best Stage 1 epoch
+                s2_start = y1[-1] if np.isnan(s2_start) else s2_start
+                ax.plot(x2, [s2_start] + w2, color=color, ls="--", marker=".", ms=4)
+                ax.plot([len(w1)], [s2_start], "|", color=color, ms=14)
                 b2 = s2.get("best_epoch")
                 if job.get("stage2_kept") and b2 and 1 <= b2 <= len(w2):
                     ax.plot([len(w1) + b2], [w2[b2 - 1]], "*", color=color, ms=10, mec="black", mew=0.5)
