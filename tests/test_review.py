@@ -496,6 +496,23 @@ def test_run_review_logs_findings_at_warning_and_figures_at_info(tmp_path, caplo
         assert needle in figure, (needle, figure)
 
 
+def test_review_json_stays_strict_json_with_nan(tmp_path):
+    def diverged(j):
+        j["depth_rgb", 0]["stages"]["stage1"]["history"]["loss"][1] = float("inf")
+        j["depth_rgb", 0]["metrics"]["qwk"] = float("nan")
+
+    run = write_run(tmp_path, planted(diverged))
+    assert run_review(run, strict=True) == 1
+
+    def reject(token):
+        raise AssertionError(f"non-standard JSON constant {token} in review.json")
+
+    review = json.loads((run / "review.json").read_text(), parse_constant=reject)
+    hits = [f for f in review["findings"] if f["check"] == "lr_too_high"]
+    assert [(f["severity"], f["evidence"]["value"]) for f in hits] == [("error", "inf")]
+    assert any(f["check"] == "degenerate_predictions" and f["evidence"]["qwk"] == "nan" for f in review["findings"])
+
+
 def test_run_review_missing_folder_or_no_jobs(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist.*run a search first"):
         run_review(tmp_path / "nope")

@@ -128,7 +128,7 @@ class Finding:
 @dataclass
 class RunRecords:
     run_dir: Path
-    jobs: list  # job record dicts, sorted by (fold, combination order)
+    jobs: list  # job record dicts, sorted by (combination order, fold)
     results: pd.DataFrame | None = None
     summary: pd.DataFrame | None = None
     config: dict = field(default_factory=dict)
@@ -188,7 +188,7 @@ def load_run(run_dir: Path) -> RunRecords:
     if not jobs:
         raise FileNotFoundError(f"run folder {str(run_dir)!r} has no readable job records ({len(paths)} unreadable); "
                                 "run a search first (python main.py --mode search --run_name NAME)")
-    jobs.sort(key=lambda j: (int(j["fold"]), combination_order(j["combination"])))
+    jobs.sort(key=lambda j: (combination_order(j["combination"]), int(j["fold"])))
     config = {}
     if (run_dir / "config.yaml").is_file():
         import yaml
@@ -663,6 +663,19 @@ def format_key_figures(kf: dict) -> str:
     return " | ".join(parts)
 
 
+def json_safe(obj):
+    """NaN / inf (a diverged loss, an undefined QWK) become strings, so review.json stays strict JSON."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else str(float(obj))
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
 # ----------------------------------------------------------------------------- entry point
 def run_review(run_dir: Path, strict: bool = False, log: logging.Logger | None = None) -> int:
     """Review logs/<run>/: print key figures and findings, write review.json, plots and report.md.
@@ -682,10 +695,10 @@ def run_review(run_dir: Path, strict: bool = False, log: logging.Logger | None =
     counts = {s: sum(f.severity == s for f in findings) for s in SEVERITIES}
     for f in findings:
         log.warning("%s", f.line())
-    atomic_write_json(run_dir / "review.json", {
+    atomic_write_json(run_dir / "review.json", json_safe({
         "run_dir": str(run_dir), "n_jobs": len(run.jobs), "combinations": run.combinations, "folds": run.folds,
         "counts": counts, "strict": strict, "thresholds": THRESHOLDS,
-        "findings": [f.to_dict() for f in findings], "key_figures": figures})
+        "findings": [f.to_dict() for f in findings], "key_figures": figures}))
     from medfusion.report import write_report
 
     report = write_report(run, findings, figures, log)
