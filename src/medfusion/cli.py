@@ -24,6 +24,8 @@ FLAG_KEYS = {
     "gpus": "runtime.gpus",
     "cpu_replicas": "runtime.cpu_replicas",
     "verbosity": "runtime.verbosity",
+    "resume_mode": "runtime.resume_mode",
+    "deterministic": "runtime.deterministic",
 }
 
 
@@ -46,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="split the CPU into N logical devices and use MirroredStrategy over them")
     p.add_argument("--verbosity", type=int, choices=range(4), help="0 quiet .. 3 debug with tracebacks")
     p.add_argument("--seed", type=int, help="seed for folds, forest and training")
+    p.add_argument("--resume_mode", "--resume-mode", choices=("auto", "fresh", "from_models", "from_predictions"),
+                   help="auto: continue the named run (default); fresh: restart it, keeping the old folder aside; "
+                        "from_models / from_predictions: recompute outputs without training")
+    p.add_argument("--deterministic", action="store_true", default=None,
+                   help="TensorFlow op determinism: identical results for the same seed on the same machine")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set train.stage2.lr=1e-5 (repeatable)")
     return p
@@ -63,7 +70,30 @@ def resolve_config(args: argparse.Namespace):
     return load_config(args.config, overrides)
 
 
+def _resume_command(argv) -> str:
+    args = list(sys.argv[1:] if argv is None else argv)
+    cleaned, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a in ("--resume_mode", "--resume-mode"):
+            skip = True
+            continue
+        if a.startswith("--resume_mode=") or a.startswith("--resume-mode="):
+            continue
+        cleaned.append(a)
+    return " ".join(cleaned + ["--resume_mode", "auto"])
+
+
+def _sigterm_to_interrupt(signum, frame):
+    raise KeyboardInterrupt  # a preempted node gets the same clean stop as Ctrl-C
+
+
 def main(argv=None) -> int:
+    import signal
+
+    signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
     args = build_parser().parse_args(argv)
     try:
         cfg = resolve_config(args)
@@ -77,6 +107,13 @@ def main(argv=None) -> int:
         import tensorflow as tf
 
         tf.get_logger().setLevel("ERROR")  # retracing notices for each new model are expected here
+    if cfg.runtime.deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+        # one thread per op: CPU kernels otherwise split float reductions by thread timing
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
     try:
         from medfusion.training.devices import configure_strategy
 
@@ -87,7 +124,9 @@ def main(argv=None) -> int:
             Search(cfg, strategy).run()
         return 0
     except KeyboardInterrupt:
-        log.error("interrupted (Ctrl-C); the files written so far are in logs/%s", cfg.runtime.run_name)
+        log.error("interrupted: every finished job and the last completed epoch of the running stage are saved "
+                  "in %s/%s.\nResume with the same command and --resume_mode auto (the default), e.g.\n"
+                  "  python main.py %s", cfg.runtime.logs_dir, cfg.runtime.run_name, _resume_command(argv))
         return 130
     except (ConfigError, ValueError, FileNotFoundError, OSError, RuntimeError) as exc:
         if cfg.runtime.verbosity >= 3:

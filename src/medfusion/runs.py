@@ -19,13 +19,36 @@ import pandas as pd
 LOGGER_NAME = "medfusion"
 
 
+_crash_counts: dict[str, int] = {}
+
+
+def crash_point(name: str) -> None:
+    """Test hook: MEDFUSION_CRASH_AT=name:n kills this process with SIGKILL the n-th time `name` is reached.
+
+    The resume tests use it to stop a run at exact moments (mid-epoch, mid-write); unset, it does nothing.
+    """
+    spec = os.environ.get("MEDFUSION_CRASH_AT")
+    if not spec:
+        return
+    want, _, nth = spec.rpartition(":")
+    if want != name:
+        return
+    _crash_counts[name] = _crash_counts.get(name, 0) + 1
+    if _crash_counts[name] == int(nth or 1):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+            fh.write(text[: len(text) // 2])
+            crash_point(f"write:{path.name}")  # half the bytes are in the temporary file
+            fh.write(text[len(text) // 2:])
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -113,3 +136,74 @@ class FileLog:
         logging.getLogger(LOGGER_NAME).removeHandler(self.handler)
         self.handler.close()
         return False
+
+
+# ----------------------------------------------------------------------------- run state
+
+
+def file_record(path: Path) -> dict:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return {"size": path.stat().st_size, "sha256": h.hexdigest()}
+
+
+class RunState:
+    """logs/<run>/state.json: which (combination, fold) jobs are finished, and the files each vouches for.
+
+    A job counts as finished only while every file it lists still exists with the recorded
+    size and checksum, so a deleted or truncated output is redone rather than trusted.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / "state.json"
+        self.data = {"version": 1, "jobs": {}}
+        if self.path.is_file():
+            self.data = json.loads(self.path.read_text(encoding="utf-8"))
+
+    @staticmethod
+    def key(combination: str, fold: int) -> str:
+        return f"{combination}|fold_{fold}"
+
+    def save(self) -> None:
+        atomic_write_json(self.path, self.data)
+
+    def mark_done(self, combination: str, fold: int, files: list[str], **extra) -> None:
+        self.data["jobs"][self.key(combination, fold)] = {
+            "combination": combination, "fold": fold, "status": "done",
+            "files": {rel: file_record(self.run_dir / rel) for rel in files}, **extra}
+        self.save()
+
+    def forget(self, combination: str, fold: int) -> None:
+        self.data["jobs"].pop(self.key(combination, fold), None)
+        self.save()
+
+    def problem(self, combination: str, fold: int) -> str | None:
+        """None when the job is finished and intact; otherwise why it is not."""
+        job = self.data["jobs"].get(self.key(combination, fold))
+        if job is None or job.get("status") != "done":
+            return "not finished"
+        for rel, rec in job["files"].items():
+            path = self.run_dir / rel
+            if not path.is_file():
+                return f"{rel} is missing"
+            if path.stat().st_size != rec["size"] or file_record(path)["sha256"] != rec["sha256"]:
+                return f"{rel} does not match its recorded checksum"
+        return None
+
+    def done_jobs(self) -> list[dict]:
+        return [j for j in self.data["jobs"].values() if j.get("status") == "done"]
+
+
+def remove_stale_temporaries(folder: Path) -> int:
+    """Delete half-written temporary files a killed process left behind (ours only: '.<name>.*.tmp*')."""
+    n = 0
+    for p in Path(folder).rglob(".*.tmp*"):
+        if p.is_file() and (p.name.endswith(".tmp") or p.name.endswith(".tmp.npz")):
+            p.unlink()
+            n += 1
+    return n

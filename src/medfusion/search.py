@@ -9,23 +9,33 @@ model with strictly transferred weights, Stage 1 (backbones frozen) and Stage 2
 from __future__ import annotations
 
 import gc
+import hashlib
+import json
 import logging
+import shutil
 import time
 from pathlib import Path
+
+import keras
+import yaml
 
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from medfusion.config import Config, config_yaml, unfreeze_layers
+from medfusion.config import Config, ConfigError, config_to_dict, config_yaml, result_differences, unfreeze_layers
 from medfusion.constants import CLASSES, IMAGE_MODALITIES, MODALITIES, all_combinations, canonical_combination, image_modalities_of
-from medfusion.data.folds import fold_indices, make_folds, subsample_patients
+from medfusion.data.folds import check_folds, fold_indices, make_folds, subsample_patients
 from medfusion.data.manifest import Manifest
 from medfusion.models.losses import equal_alpha, focal_alpha
 from medfusion.models.metrics import score_predictions
-from medfusion.runs import FileLog, atomic_write_csv, atomic_write_json, atomic_write_text, prepare_run_dir
+from medfusion.runs import (FileLog, RunState, atomic_write_csv, atomic_write_json, atomic_write_text, crash_point,
+                            prepare_run_dir, remove_stale_temporaries)
 from medfusion.training.stages import (backbone_snapshot, predict, relative_change, run_stage,
                                        set_backbones_trainable)
+from medfusion.training.checkpoint import StageCheckpoint, load_arrays, save_arrays
+from medfusion.training.checkpoint import assign as ckpt_assign
+from medfusion.training.checkpoint import values as ckpt_values
 from medfusion.training.devices import describe
 from medfusion.training.transfer import transfer_weights
 
@@ -78,24 +88,77 @@ def _inputs(crops: dict, idx: np.ndarray, modalities, metadata_proba: np.ndarray
 
 
 class Search:
-    """Holds what one search shares across folds and jobs; `run()` does the work."""
+    """Holds what one search shares across folds and jobs; `run()` does the work.
+
+    Resumable: finished jobs are recorded in state.json with checksums of their outputs,
+    stages checkpoint every epoch, and image pre-training lives in a cache shared by every
+    combination, run and resume (logs/.pretrain_cache/<key>/).
+    """
 
     def __init__(self, cfg: Config, strategy: tf.distribute.Strategy):
         self.cfg, self.strategy = cfg, strategy
         self.combinations = resolve_combinations(cfg)
         self.image_modalities = [m for m in IMAGE_MODALITIES if any(m in image_modalities_of(c) for c in self.combinations)]
-        self.results: list[dict] = []
         self.oracle_rows: list[dict] = []
+        self.run_dir = Path(cfg.runtime.logs_dir) / cfg.runtime.run_name
+        self.cache_dir = Path(cfg.runtime.logs_dir) / ".pretrain_cache"
+
+    # ------------------------------------------------------------------ run folder and modes
+    def _open_run(self) -> bool:
+        """Create or reopen the run folder per the resume mode; True when continuing an existing run."""
+        cfg, mode = self.cfg, self.cfg.runtime.resume_mode
+        existing = (self.run_dir / "config.yaml").is_file()
+        if mode in ("from_models", "from_predictions"):
+            if not existing or not (self.run_dir / "state.json").is_file():
+                raise FileNotFoundError(f"--resume_mode {mode} needs a finished or partial run in {self.run_dir} "
+                                        "(config.yaml and state.json); run a search with that --run_name first")
+        if mode == "fresh" or not existing:
+            prepare_run_dir(cfg.runtime.logs_dir, cfg.runtime.run_name, log)
+            atomic_write_text(self.run_dir / "config.yaml", config_yaml(cfg))
+            return False
+        stale = remove_stale_temporaries(self.run_dir)
+        if stale:
+            log.info("removed %d half-written temporary file(s) left by an interrupted attempt", stale)
+        saved = yaml.safe_load((self.run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+        diffs = result_differences(saved, cfg)
+        if diffs:
+            lines = "\n".join(f"  {k}: run has {a!r}, now {b!r}" for k, a, b in diffs)
+            raise ConfigError(
+                f"cannot resume run {cfg.runtime.run_name!r}: these result-affecting settings differ from "
+                f"{self.run_dir / 'config.yaml'}:\n{lines}\nUse the run's settings to continue it, "
+                f"--resume_mode fresh to restart it (the old folder is kept aside), or a new --run_name.")
+        return True
+
+    def _folds(self, manifest: Manifest, resuming: bool) -> dict:
+        path = self.run_dir / "folds.json"
+        if resuming and path.is_file():
+            assignment = json.loads(path.read_text(encoding="utf-8"))
+            ids = set(manifest.samples["sample_id"])
+            if ids != set(assignment):
+                extra, missing = sorted(ids - set(assignment)), sorted(set(assignment) - ids)
+                raise RuntimeError(f"{path} does not match the dataset ({len(extra)} new samples, e.g. {extra[:3]}; "
+                                   f"{len(missing)} gone, e.g. {missing[:3]}): the data changed since the run "
+                                   "started; use --resume_mode fresh or a new --run_name")
+            check_folds(manifest, assignment)
+            log.info("folds: reusing %s", path)
+            return assignment
+        assignment = make_folds(manifest, self.cfg.search.cv_folds, self.cfg.search.seed)
+        atomic_write_json(path, assignment)
+        return assignment
 
     # ------------------------------------------------------------------ orchestration
     def run(self) -> pd.DataFrame:
         cfg = self.cfg
         t0 = time.time()
-        self.run_dir = prepare_run_dir(cfg.runtime.logs_dir, cfg.runtime.run_name, log)
-        atomic_write_text(self.run_dir / "config.yaml", config_yaml(cfg))
+        resuming = self._open_run()
+        self.state = RunState(self.run_dir)
+        mode = cfg.runtime.resume_mode
         with FileLog(self.run_dir / "run.log"):
-            log.info("run %s: %d combinations x %d folds -> %s", cfg.runtime.run_name, len(self.combinations),
+            log.info("run %s (%s): %d combinations x %d folds -> %s", cfg.runtime.run_name,
+                     f"resume_mode {mode}, continuing" if resuming else "new", len(self.combinations),
                      cfg.search.cv_folds, self.run_dir)
+            if mode == "from_predictions":
+                return self._finish(t0)
             log.info("combinations: %s", ", ".join(self.combinations))
             log.info("devices: %s; per-replica batch %d, global batch %d", describe(self.strategy),
                      cfg.train.batch_size, cfg.train.batch_size * self.strategy.num_replicas_in_sync)
@@ -104,9 +167,8 @@ class Search:
             log.info("dataset: %d samples, %d visits, %d patients; classes %s", len(manifest),
                      manifest.samples["visit"].nunique(), manifest.samples["patient"].nunique(),
                      _distribution(manifest.labels))
-            assignment = make_folds(manifest, cfg.search.cv_folds, cfg.search.seed)
-            atomic_write_json(self.run_dir / "folds.json", assignment)
-            self.manifest, self.assignment = manifest, assignment
+            self.manifest = manifest
+            self.assignment = self._folds(manifest, resuming)
             self.oracle = self._load_oracle()
             self.crops = {}
             for m in self.image_modalities:
@@ -117,13 +179,36 @@ class Search:
                 log.info("loaded %d %s crops at %dpx in %.1fs", len(manifest), m, cfg.data.image_size, time.time() - t)
         for k in range(cfg.search.cv_folds):
             with FileLog(self.run_dir / f"fold_{k}.log"), FileLog(self.run_dir / "run.log"):
-                self.run_fold(k)
-        summary = summarize(results_frame(self.results))
-        atomic_write_csv(self.run_dir / "summary.csv", summary)
+                if mode == "from_models":
+                    self.predict_fold(k)
+                else:
+                    self.run_fold(k)
         with FileLog(self.run_dir / "run.log"):
-            log.warning("\n%s", format_summary(summary, self._oracle_summary()))
-            log.warning("search finished in %.1f min; results in %s", (time.time() - t0) / 60, self.run_dir)
+            return self._finish(t0)
+
+    def _finish(self, t0: float) -> pd.DataFrame:
+        if self.cfg.runtime.resume_mode == "from_predictions":
+            self.rescore_from_predictions()
+        rows = self.result_rows()
+        atomic_write_csv(self.run_dir / "results.csv", results_frame(rows))
+        summary = summarize(results_frame(rows))
+        atomic_write_csv(self.run_dir / "summary.csv", summary)
+        log.warning("\n%s", format_summary(summary, self._oracle_summary()))
+        log.warning("search finished in %.1f min; results in %s", (time.time() - t0) / 60, self.run_dir)
         return summary
+
+    def pending(self, k: int) -> list[str]:
+        todo = []
+        for combo in self.combinations:
+            why = self.state.problem(combo, k)
+            if why is None:
+                log.info("--- fold %d job %s: finished earlier, outputs verified; skipped", k, combo)
+            else:
+                if why != "not finished":
+                    log.warning("--- fold %d job %s: recorded as finished but %s; redoing it", k, combo, why)
+                    self.state.forget(combo, k)
+                todo.append(combo)
+        return todo
 
     def run_fold(self, k: int) -> None:
         cfg, manifest = self.cfg, self.manifest
@@ -134,56 +219,103 @@ class Search:
                  len(set(manifest.patients[va])))
         log.info("fold %d train classes: %s", k, _distribution(y_tr))
         log.info("fold %d validation classes: %s", k, _distribution(y_va))
-        seed = cfg.search.seed + k
-        p_tr = p_va = None
-        if any("metadata" in c.split("+") for c in self.combinations):
-            from medfusion.models.random_forest import MetadataForest
-
-            t = time.time()
-            features = manifest.feature_columns
-            forest = MetadataForest(cfg.forest, seed)
-            p_tr, p_va = forest.fit_predict(manifest.samples.iloc[tr][features].reset_index(drop=True), y_tr,
-                                            manifest.patients[tr],
-                                            manifest.samples.iloc[va][features].reset_index(drop=True))
-            log.info("fold %d metadata forest: %d features, inner out-of-fold probabilities for training rows, "
-                     "%.1fs", k, len(features), time.time() - t)
         self._oracle_scores(k, va)
+        todo = self.pending(k)
+        if not todo:
+            return
+        seed = cfg.search.seed + k
+        p_tr, p_va = self.forest(k, tr, va, seed) if any("metadata" in c.split("+") for c in todo) else (None, None)
         pretrained = {}
         for m in self.image_modalities:
-            pretrained[m] = self.pretrain(k, m, tr, va, seed)
+            if any(m in image_modalities_of(c) for c in todo):
+                pretrained[m] = self.pretrain(k, m, tr, va, seed)
         fold_info = {"n_train": len(tr), "n_val": len(va), "train_patients": len(set(manifest.patients[tr])),
                      "val_patients": len(set(manifest.patients[va])), "train_class_counts": _counts(y_tr),
                      "val_class_counts": _counts(y_va)}
-        for combo in self.combinations:
+        for combo in todo:
             t = time.time()
             log.info("--- fold %d job %s", k, combo)
             job = {"combination": combo, "fold": k, **fold_info, "stages": {}, "transfer": [], "pretrain": {},
                    "max_alpha_ratio": cfg.train.max_alpha_ratio}
+            files = []
             if combo == "metadata":
-                proba, extra = p_va, {}
+                proba = p_va
             else:
                 for m in image_modalities_of(combo):
-                    job["pretrain"][m] = pretrained[m]._medfusion_stage.to_dict()
-                proba, extra = self.train_combination(combo, k, tr, va, p_tr, p_va, pretrained, seed, job)
+                    model, result, key, reused = pretrained[m]
+                    job["pretrain"][m] = {**result.to_dict(), "cache_key": key, "reused": reused}
+                    log.info("  pre-trained %s: %s cache entry %s", m, "reused" if reused else "trained this run", key)
+                model, proba = self.train_combination(combo, k, tr, va, p_tr, p_va, pretrained, seed, job)
+                weights = f"models/{combo}/fold_{k}.npz"
+                save_arrays(self.run_dir / weights, {"model": ckpt_values(model.variables)})
+                files.append(weights)
             job["seconds"] = round(time.time() - t, 2)
-            self._record(combo, k, va, proba, extra, job)
-            log.info("--- fold %d job %s done in %.1fs: QWK %.4f", k, combo, time.time() - t, self.results[-1]["qwk"])
+            files += self._record(combo, k, va, proba, job)
+            self.state.mark_done(combo, k, files)
+            shutil.rmtree(self.run_dir / "checkpoints" / combo / f"fold_{k}", ignore_errors=True)
+            log.info("--- fold %d job %s done in %.1fs: QWK %.4f", k, combo, time.time() - t, job["metrics"]["qwk"])
+            atomic_write_csv(self.run_dir / "results.csv", results_frame(self.result_rows()))
+            crash_point("job_done")
             gc.collect()
+
+    def forest(self, k, tr, va, seed):
+        """Forest probabilities of fold k (out-of-fold for training rows), computed once and kept."""
+        path = self.run_dir / "forest" / f"fold_{k}.npz"
+        if path.is_file():
+            groups = load_arrays(path)
+            if groups["train"][0].shape[0] == len(tr) and groups["val"][0].shape[0] == len(va):
+                log.info("fold %d metadata forest: probabilities reused from %s", k, path)
+                return groups["train"][0], groups["val"][0]
+        from medfusion.models.random_forest import MetadataForest
+
+        t = time.time()
+        features = self.manifest.feature_columns
+        samples = self.manifest.samples
+        p_tr, p_va = MetadataForest(self.cfg.forest, seed).fit_predict(
+            samples.iloc[tr][features].reset_index(drop=True), self.manifest.labels[tr], self.manifest.patients[tr],
+            samples.iloc[va][features].reset_index(drop=True))
+        save_arrays(path, {"train": [p_tr], "val": [p_va]})
+        log.info("fold %d metadata forest: %d features, inner out-of-fold probabilities for training rows, %.1fs",
+                 k, len(features), time.time() - t)
+        return p_tr, p_va
+
+    def pretrain_key(self, modality, tr, va, seed) -> str:
+        """Hash of everything that determines a pre-training's result."""
+        cfg = self.cfg
+        crops = self.crops[modality][tr]
+        payload = {
+            "version": 1, "modality": modality, "train_ids": self.manifest.samples["sample_id"].iloc[tr].tolist(),
+            "labels": self.manifest.labels[tr].tolist(), "crops_sha256": hashlib.sha256(crops.tobytes()).hexdigest(),
+            "image_size": cfg.data.image_size, "box_margin": cfg.data.box_margin,
+            "model": config_to_dict(cfg.model), "pretrain": config_to_dict(cfg.train.pretrain),
+            "focal_gamma": cfg.train.focal_gamma, "batch_size": cfg.train.batch_size, "augment": cfg.train.augment,
+            "replicas": self.strategy.num_replicas_in_sync, "seed": seed,
+            # validation samples pick the restored epoch, so they shape the result too
+            "val_ids": self.manifest.samples["sample_id"].iloc[va].tolist(),
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def pretrain(self, k, modality, tr, va, seed):
         from medfusion.models.fusion import build_pretrain_model
 
         cfg = self.cfg
-        log.info("--- fold %d pre-training %s (equal alpha, whole model trainable)", k, modality)
+        key = self.pretrain_key(modality, tr, va, seed)
+        ckpt = StageCheckpoint(self.cache_dir / key)
+        reused = ckpt.completed() is not None
+        log.info("--- fold %d pre-training %s: cache key %s (%s)", k, modality, key,
+                 "found, reused" if reused else "training; equal alpha, whole model trainable")
+        keras.utils.set_random_seed(seed)
         with self.strategy.scope():
             model = build_pretrain_model(modality, cfg.model, cfg.data.image_size)
         y = self.manifest.labels
         result = run_stage(f"pretrain {modality}", model, self.strategy,
                            ({modality: self.crops[modality][tr]}, y[tr]), ({modality: self.crops[modality][va]}, y[va]),
                            cfg.train.pretrain, equal_alpha(3), cfg.train.focal_gamma, cfg.train.batch_size, seed,
-                           cfg.train.augment)
-        model._medfusion_stage = result
-        return model
+                           cfg.train.augment, checkpoint=ckpt)
+        if not reused:
+            atomic_write_json(self.cache_dir / key / "origin.json",
+                              {"run": cfg.runtime.run_name, "fold": k, "modality": modality})
+        return model, result, key, reused
 
     def train_combination(self, combo, k, tr, va, p_tr, p_va, pretrained, seed, job):
         from medfusion.models.fusion import build_fusion_model
@@ -192,10 +324,12 @@ class Search:
         mods = image_modalities_of(combo)
         has_meta = "metadata" in combo.split("+")
         y = self.manifest.labels
+        ckpt_dir = self.run_dir / "checkpoints" / combo / f"fold_{k}"
+        keras.utils.set_random_seed(seed)
         with self.strategy.scope():
             model = build_fusion_model(combo, cfg.model, cfg.data.image_size)
         for m in mods:
-            report = transfer_weights(pretrained[m], model, exclude=("output",))
+            report = transfer_weights(pretrained[m][0], model, exclude=("output",))
             log.info("  %s", report.summary())
             job["transfer"].append(report.to_dict())
         train = (_inputs(self.crops, tr, mods, p_tr if has_meta else None), y[tr])
@@ -203,56 +337,113 @@ class Search:
         alpha = focal_alpha(y[tr], 3, cfg.train.max_alpha_ratio)
         job["alpha"] = [float(a) for a in alpha]
         set_backbones_trainable(model, False)
+        s1_ckpt = StageCheckpoint(ckpt_dir / "stage1")
         s1 = run_stage("stage1", model, self.strategy, train, val, cfg.train.stage1, alpha, cfg.train.focal_gamma,
-                       cfg.train.batch_size, seed, cfg.train.augment)
+                       cfg.train.batch_size, seed, cfg.train.augment, checkpoint=s1_ckpt)
         job["stages"]["stage1"] = s1.to_dict()
-        extra = {"stage1_best_epoch": s1.best_epoch, "stage1_qwk": s1.best_val_qwk,
-                 "fusion_rf_weight": s1.fusion_rf_weight_end}
+        w_end = s1.fusion_rf_weight_end
         if cfg.train.stage2.epochs > 0:
-            stage1_weights = model.get_weights()
             set_backbones_trainable(model, True, unfreeze_layers(cfg.train.unfreeze))
             before = backbone_snapshot(model)
+            s2_ckpt = StageCheckpoint(ckpt_dir / "stage2")
+            fresh = s2_ckpt.completed() is None
             s2 = run_stage("stage2", model, self.strategy, train, val, cfg.train.stage2, alpha,
-                           cfg.train.focal_gamma, cfg.train.batch_size, seed + 1000, cfg.train.augment)
-            s2.backbone_change = relative_change(before, backbone_snapshot(model))
+                           cfg.train.focal_gamma, cfg.train.batch_size, seed + 1000, cfg.train.augment,
+                           checkpoint=s2_ckpt)
+            if fresh or s2.backbone_change is None:
+                s2.backbone_change = relative_change(before, backbone_snapshot(model))
+                s2_ckpt.save_final(model, s2.to_dict())
             kept = s2.best_val_qwk > s1.best_val_qwk
             log.info("  [stage2] relative backbone weight change %.3e; val QWK %.4f vs Stage 1 %.4f -> %s",
                      s2.backbone_change, s2.best_val_qwk, s1.best_val_qwk,
                      "kept Stage 2" if kept else "reverted to Stage 1 weights")
             job["stages"]["stage2"] = s2.to_dict()
             job["stage2_kept"] = kept
-            if not kept:
-                model.set_weights(stage1_weights)
-            extra.update(stage2_best_epoch=s2.best_epoch, stage2_qwk=s2.best_val_qwk, stage2_kept=kept,
-                         backbone_change=s2.backbone_change)
-            if kept and has_meta:
-                extra["fusion_rf_weight"] = s2.fusion_rf_weight_end
+            if kept:
+                w_end = s2.fusion_rf_weight_end
+            else:
+                s1_ckpt.load_final(model)
         else:
             log.info("  [stage2] skipped: train.stage2.epochs is 0")
             job["stage2_skipped"] = True
         if has_meta:
-            job["fusion_rf_weight"] = {"start": s1.fusion_rf_weight_start, "end": extra["fusion_rf_weight"]}
+            job["fusion_rf_weight"] = {"start": s1.fusion_rf_weight_start, "end": w_end}
         proba = predict(model, val[0], max(cfg.train.batch_size, 32))
-        return proba, extra
+        return model, proba
+
+    # ------------------------------------------------------------------ recomputation modes
+    def predict_fold(self, k: int) -> None:
+        """--resume_mode from_models: new predictions from each finished job's saved weights."""
+        from medfusion.models.fusion import build_fusion_model
+
+        cfg = self.cfg
+        tr, va = fold_indices(self.manifest, self.assignment, k)
+        for combo in self.combinations:
+            job_path = self.run_dir / "jobs" / combo / f"fold_{k}.json"
+            if self.state.problem(combo, k) is not None or not job_path.is_file():
+                log.warning("fold %d job %s: not finished, nothing to recompute (continue it with --resume_mode auto)",
+                            k, combo)
+                continue
+            job = json.loads(job_path.read_text(encoding="utf-8"))
+            has_meta = "metadata" in combo.split("+")
+            p_va = load_arrays(self.run_dir / "forest" / f"fold_{k}.npz")["val"][0] if has_meta else None
+            files = []
+            if combo == "metadata":
+                proba = p_va
+            else:
+                with self.strategy.scope():
+                    model = build_fusion_model(combo, cfg.model, cfg.data.image_size)
+                weights = f"models/{combo}/fold_{k}.npz"
+                ckpt_assign(model.variables, load_arrays(self.run_dir / weights)["model"], weights)
+                proba = predict(model, _inputs(self.crops, va, image_modalities_of(combo), p_va),
+                                max(cfg.train.batch_size, 32))
+                files.append(weights)
+            files += self._record(combo, k, va, proba, job)
+            self.state.mark_done(combo, k, files)
+            log.info("fold %d job %s: predictions recomputed from saved weights, QWK %.4f", k, combo,
+                     job["metrics"]["qwk"])
+
+    def rescore_from_predictions(self) -> None:
+        """--resume_mode from_predictions: metrics recomputed from the prediction files alone."""
+        for rec in self.state.done_jobs():
+            combo, k = rec["combination"], rec["fold"]
+            job_path = self.run_dir / "jobs" / combo / f"fold_{k}.json"
+            pred = pd.read_csv(self.run_dir / "predictions" / combo / f"fold_{k}.csv")
+            job = json.loads(job_path.read_text(encoding="utf-8"))
+            proba = pred[["p_I", "p_P", "p_R"]].to_numpy()
+            job["metrics"] = score_predictions(pred["y_true"].to_numpy(), proba)
+            job["val_pred_counts"] = dict(zip(CLASSES, np.bincount(proba.argmax(1), minlength=3).tolist()))
+            atomic_write_json(job_path, job)
+            files = [f for f in rec["files"] if not f.startswith("jobs/")] + [f"jobs/{combo}/fold_{k}.json"]
+            self.state.mark_done(combo, k, files)
+        log.info("from_predictions: %d jobs rescored from their prediction files", len(self.state.done_jobs()))
 
     # ------------------------------------------------------------------ outputs
-    def _record(self, combo, k, va, proba, extra, job):
+    def _record(self, combo, k, va, proba, job) -> list[str]:
+        """Write predictions and the job record; returns their paths relative to the run folder."""
         samples = self.manifest.samples.iloc[va]
         y = self.manifest.labels[va]
         pred = pd.DataFrame({"sample_id": samples["sample_id"].to_numpy(), "patient": samples["patient"].to_numpy(),
                              "y_true": y, "p_I": proba[:, 0], "p_P": proba[:, 1], "p_R": proba[:, 2]})
-        atomic_write_csv(self.run_dir / "predictions" / combo / f"fold_{k}.csv", pred)
+        pred_rel, job_rel = f"predictions/{combo}/fold_{k}.csv", f"jobs/{combo}/fold_{k}.json"
+        atomic_write_csv(self.run_dir / pred_rel, pred)
         scores = score_predictions(y, proba)
-        row = {"combination": combo, "fold": k, "n_val": len(va), **scores, **extra}
-        self.results = [r for r in self.results if not (r["combination"] == combo and r["fold"] == k)] + [row]
-        atomic_write_csv(self.run_dir / "results.csv", results_frame(self.results))
         pred_counts = np.bincount(proba.argmax(axis=1), minlength=3)
-        job.update(metrics=scores, val_pred_counts=dict(zip(CLASSES, pred_counts.tolist())),
-                   predictions_file=f"predictions/{combo}/fold_{k}.csv")
-        atomic_write_json(self.run_dir / "jobs" / combo / f"fold_{k}.json", job)
+        job.update(metrics=scores, val_pred_counts=dict(zip(CLASSES, pred_counts.tolist())), predictions_file=pred_rel)
+        atomic_write_json(self.run_dir / job_rel, job)
         log.info("  fold %d %s: QWK %.4f kappa %.4f acc %.4f F1-macro %.4f; predicted classes %s", k, combo,
                  scores["qwk"], scores["kappa"], scores["accuracy"], scores["f1_macro"],
                  dict(zip(CLASSES, pred_counts.tolist())))
+        return [pred_rel, job_rel]
+
+    def result_rows(self) -> list[dict]:
+        """results.csv rows, rebuilt from the finished jobs' records: one row per (combination, fold)."""
+        order = {c: i for i, c in enumerate(all_combinations(MODALITIES))}
+        rows = []
+        for rec in sorted(self.state.done_jobs(), key=lambda r: (r["fold"], order.get(r["combination"], 99))):
+            job = json.loads((self.run_dir / "jobs" / rec["combination"] / f"fold_{rec['fold']}.json").read_text())
+            rows.append(row_from_job(job))
+        return rows
 
     def _load_oracle(self):
         path = Path(self.cfg.data.data_dir) / "oracle.csv"
@@ -272,6 +463,7 @@ class Search:
         o = self.oracle.loc[ids.to_numpy()]
         y = self.manifest.labels[va]
         mods = sorted({m for c in self.combinations for m in c.split("+")})
+        self.oracle_rows = [r for r in self.oracle_rows if r["fold"] != k]
         for name, prefix in [("oracle:all", "")] + [(f"oracle:{m}", f"{m}_") for m in mods]:
             cols = [f"{prefix}p_{c}" for c in CLASSES]
             if all(c in o.columns for c in cols):
@@ -280,9 +472,26 @@ class Search:
         atomic_write_csv(self.run_dir / "oracle_reference.csv", pd.DataFrame(self.oracle_rows))
 
     def _oracle_summary(self):
+        path = self.run_dir / "oracle_reference.csv"
+        if not self.oracle_rows and path.is_file():
+            self.oracle_rows = pd.read_csv(path).to_dict("records")
         if not self.oracle_rows:
             return None
         return pd.DataFrame(self.oracle_rows).groupby("reference")["qwk"].mean()
+
+
+def row_from_job(job: dict) -> dict:
+    stages = job.get("stages", {})
+    s1, s2 = stages.get("stage1"), stages.get("stage2")
+    row = {"combination": job["combination"], "fold": job["fold"], "n_val": job["n_val"], **job["metrics"]}
+    if s1:
+        row.update(stage1_best_epoch=s1["best_epoch"], stage1_qwk=s1["best_val_qwk"])
+    if s2:
+        row.update(stage2_best_epoch=s2["best_epoch"], stage2_qwk=s2["best_val_qwk"], stage2_kept=job["stage2_kept"],
+                   backbone_change=s2["backbone_change"])
+    if job.get("fusion_rf_weight"):
+        row["fusion_rf_weight"] = job["fusion_rf_weight"]["end"]
+    return row
 
 
 def results_frame(rows: list[dict]) -> pd.DataFrame:

@@ -43,23 +43,32 @@ def _cast(features: dict) -> dict:
     return {k: tf.cast(v, tf.float32) for k, v in features.items()}
 
 
-def _augment(features: dict, seed: int) -> dict:
+def _augment(features: dict, seed: int, step) -> dict:
+    """Random flips from stateless ops keyed by (seed, step): a resumed run sees the same flips."""
     out = {}
     for k, v in features.items():
-        if v.shape.rank == 4:  # image batch: independent flips keep intensity-coded signal intact
-            v = tf.image.random_flip_left_right(v, seed=seed)
-            v = tf.image.random_flip_up_down(v, seed=seed + 1)
+        if v.shape.rank == 4:  # image batch: flips keep intensity-coded signal intact
+            base = tf.stack([tf.cast(seed, tf.int64), tf.cast(step, tf.int64)])
+            v = tf.image.stateless_random_flip_left_right(v, seed=base)
+            v = tf.image.stateless_random_flip_up_down(v, seed=base + tf.constant([0, 1 << 40], tf.int64))
         out[k] = v
     return out
 
 
-def train_dataset(inputs: dict, labels: np.ndarray, plan: BatchPlan, seed: int, augment: bool) -> tf.data.Dataset:
-    """Shuffled, repeated, batched: fit consumes exactly plan.steps_per_epoch batches per epoch."""
+def train_dataset(inputs: dict, labels: np.ndarray, plan: BatchPlan, seed: int, augment: bool,
+                  start_step: int = 0) -> tf.data.Dataset:
+    """Shuffled, repeated, batched: fit consumes exactly plan.steps_per_epoch batches per epoch.
+
+    The stream is a pure function of the seed, so `start_step` (epochs done x steps per epoch)
+    positions a resumed stage exactly where the interrupted one stopped.
+    """
     ds = tf.data.Dataset.from_tensor_slices((inputs, one_hot(labels)))
-    ds = ds.shuffle(plan.n_samples, seed=seed, reshuffle_each_iteration=True).repeat()
-    ds = ds.batch(plan.batch).map(lambda x, y: (_cast(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.shuffle(plan.n_samples, seed=seed, reshuffle_each_iteration=True).repeat().batch(plan.batch)
+    ds = ds.enumerate().skip(start_step)
     if augment:
-        ds = ds.map(lambda x, y: (_augment(x, seed), y), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(lambda i, xy: (_augment(_cast(xy[0]), seed, i), xy[1]), num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        ds = ds.map(lambda i, xy: (_cast(xy[0]), xy[1]), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

@@ -44,6 +44,14 @@ class BestOnMetric(keras.callbacks.Callback):
         if self.best_weights is not None:
             self.model.set_weights(self.best_weights)
 
+    def state(self) -> dict:
+        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait, "stopped_early": self.stopped_early}
+
+    def restore(self, state: dict, best_weights) -> None:
+        self.best, self.best_epoch = float(state["best"]), int(state["best_epoch"])
+        self.wait, self.stopped_early = int(state["wait"]), bool(state["stopped_early"])
+        self.best_weights = list(best_weights) if best_weights is not None else None
+
 
 class EpochLog(keras.callbacks.Callback):
     """One line per epoch into the fold log (and the console at verbosity >= 1); keeps the history."""

@@ -21,6 +21,8 @@ from medfusion.data.pipeline import eval_dataset, plan_batches, train_dataset
 from medfusion.models.losses import focal_loss
 from medfusion.models.metrics import CohenKappa
 from medfusion.training.callbacks import BestOnMetric, EpochLog
+from medfusion.runs import crash_point
+from medfusion.training.checkpoint import StageCheckpoint
 
 log = logging.getLogger("medfusion")
 
@@ -107,9 +109,19 @@ def _fusion_layer(model):
 
 def run_stage(stage: str, model: keras.Model, strategy: tf.distribute.Strategy, train: tuple, val: tuple,
               cfg: StageConfig, alpha, gamma: float, per_replica_batch: int, seed: int,
-              augment: bool) -> StageResult:
-    """Compile and fit one stage; the model ends holding its best-epoch weights."""
+              augment: bool, checkpoint: StageCheckpoint | None = None) -> StageResult:
+    """Compile and fit one stage; the model ends holding its best-epoch weights.
+
+    With a checkpoint, a finished stage is loaded instead of trained, and an interrupted
+    one continues from its last completed epoch (weights, optimizer, early-stopping state).
+    """
     (x_train, y_train), (x_val, y_val) = train, val
+    if checkpoint is not None and (done := checkpoint.completed()) is not None:
+        checkpoint.load_final(model)
+        result = StageResult(**done)
+        log.info("  [%s] already completed in an earlier attempt: loaded its weights (best epoch %d, val QWK %.4f)",
+                 stage, result.best_epoch, result.best_val_qwk)
+        return result
     plan = plan_batches(len(y_train), per_replica_batch, strategy.num_replicas_in_sync)
     if plan.clamped:
         log.info("  [%s] batch %d clamped to the dataset size %d", stage, plan.global_batch, plan.batch)
@@ -123,19 +135,39 @@ def run_stage(stage: str, model: keras.Model, strategy: tf.distribute.Strategy, 
              total, 100.0 * trainable / max(total, 1), len(y_train), len(y_val), plan.batch,
              plan.steps_per_epoch, np.round(np.asarray(alpha), 3).tolist())
     val_ds = eval_dataset(x_val, y_val, plan.batch)
-    start = model.evaluate(val_ds, verbose=0, return_dict=True)
     fusion = _fusion_layer(model)
-    w_start = fusion.rf_weight() if fusion is not None else None
     best = BestOnMetric("val_qwk", cfg.patience)
     epoch_log = EpochLog(stage, cfg.epochs, cfg.lr, fusion)
+    progress = checkpoint.progress() if checkpoint is not None else None
+    initial_epoch, seconds_before = 0, 0.0
+    if progress is not None:
+        with strategy.scope():  # the optimizer's slots are created here, under the strategy
+            best_weights = checkpoint.restore_progress(model)
+        best.restore(progress["best"], best_weights)
+        epoch_log.history = progress["history"]
+        initial_epoch, seconds_before = progress["epoch"], progress["seconds"]
+        start_qwk, w_start = progress["start_val_qwk"], progress["fusion_rf_weight_start"]
+        log.info("  [%s] resuming after epoch %d (best epoch %d, val QWK %.4f, patience used %d)", stage,
+                 initial_epoch, best.best_epoch, best.best, best.wait)
+    else:
+        start_qwk = float(model.evaluate(val_ds, verbose=0, return_dict=True)["qwk"])
+        w_start = fusion.rf_weight() if fusion is not None else None
+    callbacks = [best, epoch_log]
+    if checkpoint is not None:
+        callbacks.append(SaveProgress(checkpoint, best, epoch_log, start_qwk, w_start, seconds_before))
     t0 = time.time()
-    model.fit(train_dataset(x_train, y_train, plan, seed, augment), steps_per_epoch=plan.steps_per_epoch,
-              epochs=cfg.epochs, validation_data=val_ds, callbacks=[best, epoch_log], verbose=0,
-              shuffle=False)  # the dataset shuffles itself
-    seconds = time.time() - t0
+    if initial_epoch < cfg.epochs and not (progress or {}).get("stopped", False):
+        model.fit(train_dataset(x_train, y_train, plan, seed, augment, start_step=initial_epoch * plan.steps_per_epoch),
+                  steps_per_epoch=plan.steps_per_epoch, initial_epoch=initial_epoch, epochs=cfg.epochs,
+                  validation_data=val_ds, callbacks=callbacks, verbose=0,
+                  shuffle=False)  # the dataset shuffles itself
+    else:  # the interrupted attempt had already finished its epochs: only the restore is left
+        best.set_model(model)
+        best.on_train_end()
+    seconds = seconds_before + time.time() - t0
     result = StageResult(
         stage=stage, lr=cfg.lr, epochs_planned=cfg.epochs, epochs_run=len(epoch_log.history.get("loss", [])),
-        best_epoch=best.best_epoch, best_val_qwk=float(best.best), start_val_qwk=float(start["qwk"]),
+        best_epoch=best.best_epoch, best_val_qwk=float(best.best), start_val_qwk=float(start_qwk),
         trainable_params=trainable, total_params=total, batch=plan.batch, global_batch=plan.global_batch,
         steps_per_epoch=plan.steps_per_epoch, n_train=len(y_train), n_val=len(y_val),
         alpha=[float(a) for a in alpha], seconds=round(seconds, 2), stopped_early=best.stopped_early,
@@ -144,7 +176,26 @@ def run_stage(stage: str, model: keras.Model, strategy: tf.distribute.Strategy, 
     log.info("  [%s] done: best epoch %d of %d, val QWK %.4f (start %.4f), %.1fs%s", stage, result.best_epoch,
              result.epochs_run, result.best_val_qwk, result.start_val_qwk, seconds,
              "" if fusion is None else f", forest weight {w_start:.3f} -> {result.fusion_rf_weight_end:.3f}")
+    if checkpoint is not None:
+        checkpoint.save_final(model, result.to_dict())
     return result
+
+
+class SaveProgress(keras.callbacks.Callback):
+    """After every epoch, everything needed to continue the stage from the next one."""
+
+    def __init__(self, checkpoint: StageCheckpoint, best: BestOnMetric, epoch_log: EpochLog, start_qwk: float,
+                 w_start, seconds_before: float):
+        super().__init__()
+        self.checkpoint, self.best, self.epoch_log = checkpoint, best, epoch_log
+        self.start_qwk, self.w_start, self.t0 = start_qwk, w_start, time.time() - seconds_before
+
+    def on_epoch_end(self, epoch, logs=None):
+        info = {"epoch": epoch + 1, "best": self.best.state(), "history": self.epoch_log.history,
+                "start_val_qwk": self.start_qwk, "fusion_rf_weight_start": self.w_start,
+                "stopped": bool(self.model.stop_training), "seconds": time.time() - self.t0}
+        self.checkpoint.save_progress(self.model, info, self.best.best_weights)
+        crash_point("epoch")
 
 
 def predict(model: keras.Model, inputs: dict, batch: int) -> np.ndarray:
