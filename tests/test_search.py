@@ -67,6 +67,30 @@ def test_search_end_to_end(tmp_path, tiny_dataset):
     assert fused["fusion_rf_weight"].between(0, 1).all()
     assert fused["stage2_best_epoch"].notna().all()
     assert "metadata+depth_rgb" in proc.stderr + proc.stdout  # the final table is printed
+    # the search ends with a review: findings printed, review.json, plots and report written
+    assert (run / "review.json").is_file() and (run / "report.md").is_file()
+    assert list((run / "plots").glob("*.png"))
+    review = json.loads((run / "review.json").read_text())
+    errors = [f for f in review["findings"] if f["severity"] == "error"]
+    cmd = [sys.executable, str(ROOT / "main.py"), "--mode", "review", "--run_name", "e2e",
+           "--set", f"runtime.logs_dir={tmp_path / 'logs'}", "--strict"]
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == (1 if errors else 0), again.stderr[-2000:]
+
+
+def test_check_data_mode(tmp_path, tiny_dataset):
+    import shutil
+
+    cmd = [sys.executable, str(ROOT / "main.py"), "--mode", "check_data", "--config", str(ROOT / "configs/demo.yaml"),
+           "--set", "data.demo=false", "--cv_folds", "2"]
+    ok = subprocess.run(cmd + ["--data_dir", str(tiny_dataset)], capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "patients" in ok.stderr and "relax_angle" in ok.stderr
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dataset, broken)
+    (broken / "metadata.csv").unlink()
+    bad = subprocess.run(cmd + ["--data_dir", str(broken)], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "metadata.csv" in bad.stderr
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import traceback
 
 from medfusion.config import ConfigError, load_config, parse_set
 
-MODES = ("search",)
+MODES = ("search", "review", "check_data")
 
 # flag -> dotted config key; flags override the config file, --set overrides both
 FLAG_KEYS = {
@@ -33,7 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python main.py",
         description="medfusion: multimodal fusion (metadata forest + image branches) with patient-level CV.")
-    p.add_argument("--mode", choices=MODES, default="search", help="what to do (default: search)")
+    p.add_argument("--mode", choices=MODES, default="search",
+                   help="search: train and evaluate every combination x fold (default); review: health checks, "
+                        "plots and report of logs/<run_name>; check_data: validate a dataset without training")
+    p.add_argument("--strict", action="store_true",
+                   help="with --mode review: exit 1 when any finding has severity error")
     p.add_argument("--config", default="configs/default.yaml", help="YAML config (default: configs/default.yaml)")
     p.add_argument("--data_dir", "--data-dir", help="dataset folder in the DATA_FORMAT layout (overrides data.data_dir)")
     p.add_argument("--cv_folds", "--cv-folds", type=int, help="number of patient-level folds")
@@ -103,6 +107,20 @@ def main(argv=None) -> int:
     from medfusion.runs import setup_console
 
     log = setup_console(cfg.runtime.verbosity)
+    if args.mode in ("review", "check_data"):  # no TensorFlow needed
+        try:
+            if args.mode == "review":
+                from pathlib import Path
+
+                from medfusion.review import run_review
+
+                return run_review(Path(cfg.runtime.logs_dir) / cfg.runtime.run_name, strict=args.strict, log=log)
+            from medfusion.data.check import run_check_data
+
+            return run_check_data(cfg, log)
+        except (ValueError, FileNotFoundError, OSError) as exc:
+            log.error("error: %s", exc)
+            return 2
     if cfg.runtime.verbosity < 3:
         import tensorflow as tf
 

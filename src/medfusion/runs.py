@@ -132,6 +132,10 @@ class FileLog:
         logging.getLogger(LOGGER_NAME).addHandler(self.handler)
         return self
 
+    def write(self, text: str) -> None:
+        """A log line for this file only (e.g. something already shown on the console)."""
+        self.handler.handle(logging.LogRecord(LOGGER_NAME, logging.INFO, __file__, 0, "%s", (text,), None))
+
     def __exit__(self, *exc):
         logging.getLogger(LOGGER_NAME).removeHandler(self.handler)
         self.handler.close()

@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from medfusion.config import Config, ConfigError, config_to_dict, config_yaml, result_differences, unfreeze_layers
 from medfusion.constants import CLASSES, IMAGE_MODALITIES, MODALITIES, all_combinations, canonical_combination, image_modalities_of
-from medfusion.data.folds import check_folds, fold_indices, make_folds, subsample_patients
+from medfusion.data.folds import check_fold_classes, check_folds, fold_indices, make_folds, subsample_patients
 from medfusion.data.manifest import Manifest
 from medfusion.models.losses import equal_alpha, focal_alpha
 from medfusion.models.metrics import score_predictions
@@ -58,19 +58,6 @@ def resolve_combinations(cfg: Config) -> list[str]:
     return all_combinations(cfg.search.modalities)
 
 
-def load_dataset(cfg: Config) -> Manifest:
-    from medfusion.data.dfu import load_dfu
-    from medfusion.data.synthetic import ensure_demo
-
-    data_dir = Path(cfg.data.data_dir)
-    if cfg.data.demo:
-        ensure_demo(data_dir, seed=cfg.data.demo_seed, n_patients=cfg.data.demo_patients, log=log)
-    if not data_dir.is_dir():
-        raise FileNotFoundError(f"dataset folder {str(data_dir)!r} does not exist; pass --data_dir PATH to a folder "
-                                "in the DATA_FORMAT layout (or use configs/demo.yaml for the embedded demo)")
-    return load_dfu(data_dir, cfg.data, log)
-
-
 def _distribution(labels: np.ndarray) -> str:
     counts = np.bincount(labels, minlength=len(CLASSES))
     return ", ".join(f"{c} {n} ({100.0 * n / max(len(labels), 1):.0f}%)" for c, n in zip(CLASSES, counts))
@@ -85,6 +72,10 @@ def _inputs(crops: dict, idx: np.ndarray, modalities, metadata_proba: np.ndarray
     if metadata_proba is not None:
         x["metadata"] = metadata_proba.astype(np.float32)
     return x
+
+
+class DataError(ValueError):
+    """The dataset cannot be used for the requested search; the message lists why."""
 
 
 class Search:
@@ -150,10 +141,23 @@ class Search:
     def run(self) -> pd.DataFrame:
         cfg = self.cfg
         t0 = time.time()
+        mode = cfg.runtime.resume_mode
+        manifest, data_summary = None, ""
+        if mode != "from_predictions":  # check the data before any run folder is created or touched
+            from medfusion.data.check import check_dataset
+
+            check = check_dataset(cfg, log)
+            data_summary = check.summary(short=True)
+            log.info("%s", data_summary)
+            if not check.ok:
+                raise DataError("the dataset cannot be used for this search:\n" +
+                                "\n".join(f"  - {p}" for p in check.problems) +
+                                f"\nRun python main.py --mode check_data --data_dir {cfg.data.data_dir} for details.")
+            manifest = subsample_patients(check.manifest, cfg.search.data_percentage, cfg.search.seed,
+                                          n_folds=cfg.search.cv_folds)
         resuming = self._open_run()
         self.state = RunState(self.run_dir)
-        mode = cfg.runtime.resume_mode
-        with FileLog(self.run_dir / "run.log"):
+        with FileLog(self.run_dir / "run.log") as run_log:
             log.info("run %s (%s): %d combinations x %d folds -> %s", cfg.runtime.run_name,
                      f"resume_mode {mode}, continuing" if resuming else "new", len(self.combinations),
                      cfg.search.cv_folds, self.run_dir)
@@ -162,13 +166,15 @@ class Search:
             log.info("combinations: %s", ", ".join(self.combinations))
             log.info("devices: %s; per-replica batch %d, global batch %d", describe(self.strategy),
                      cfg.train.batch_size, cfg.train.batch_size * self.strategy.num_replicas_in_sync)
-            manifest = load_dataset(cfg)
-            manifest = subsample_patients(manifest, cfg.search.data_percentage, cfg.search.seed)
+            if data_summary:
+                run_log.write(data_summary)  # already on the console: into the file only
             log.info("dataset: %d samples, %d visits, %d patients; classes %s", len(manifest),
                      manifest.samples["visit"].nunique(), manifest.samples["patient"].nunique(),
                      _distribution(manifest.labels))
             self.manifest = manifest
             self.assignment = self._folds(manifest, resuming)
+            for warning in check_fold_classes(manifest, self.assignment, cfg.search.cv_folds):
+                log.warning("%s", warning)
             self.oracle = self._load_oracle()
             self.crops = {}
             for m in self.image_modalities:
@@ -195,6 +201,9 @@ class Search:
         atomic_write_csv(self.run_dir / "summary.csv", summary)
         log.warning("\n%s", format_summary(summary, self._oracle_summary()))
         log.warning("search finished in %.1f min; results in %s", (time.time() - t0) / 60, self.run_dir)
+        from medfusion.review import run_review
+
+        run_review(self.run_dir, strict=False, log=log)
         return summary
 
     def pending(self, k: int) -> list[str]:
