@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from medfusion.constants import CLASSES
-from medfusion.runs import atomic_write_text
+from medfusion.runs import atomic_write_bytes, atomic_write_text
 
 PLOTS_DIR = "plots"
 TRAIN_COLOR, VAL_COLOR = "tab:blue", "tab:orange"
@@ -48,16 +46,7 @@ def _save(fig, path: Path) -> None:
     constrained = fig.get_layout_engine() is not None  # already laid out; "tight" would draw it twice
     fig.savefig(buf, format="png", dpi=110, bbox_inches=None if constrained else "tight")
     _pyplot().close(fig)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _float(x):

@@ -58,6 +58,20 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def atomic_write_csv(path: Path, df: pd.DataFrame, float_format: str | None = "%.6f") -> None:
     buf = io.StringIO()
     df.to_csv(buf, index=False, float_format=float_format)
@@ -186,12 +200,17 @@ class RunState:
         self.data["jobs"].pop(self.key(combination, fold), None)
         self.save()
 
-    def problem(self, combination: str, fold: int) -> str | None:
-        """None when the job is finished and intact; otherwise why it is not."""
+    def problem(self, combination: str, fold: int, only: tuple = ()) -> str | None:
+        """None when the job is finished and intact; otherwise why it is not.
+
+        `only`: check just the files under these folders (e.g. the weights, for from_models).
+        """
         job = self.data["jobs"].get(self.key(combination, fold))
         if job is None or job.get("status") != "done":
             return "not finished"
         for rel, rec in job["files"].items():
+            if only and not rel.startswith(only):
+                continue
             path = self.run_dir / rel
             if not path.is_file():
                 return f"{rel} is missing"

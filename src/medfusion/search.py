@@ -389,9 +389,10 @@ class Search:
         tr, va = fold_indices(self.manifest, self.assignment, k)
         for combo in self.combinations:
             job_path = self.run_dir / "jobs" / combo / f"fold_{k}.json"
-            if self.state.problem(combo, k) is not None or not job_path.is_file():
-                log.warning("fold %d job %s: not finished, nothing to recompute (continue it with --resume_mode auto)",
-                            k, combo)
+            why = self.state.problem(combo, k, only=("models/", "forest/"))
+            if why is not None or not job_path.is_file():
+                log.warning("fold %d job %s: %s; nothing to recompute from (continue the run with "
+                            "--resume_mode auto)", k, combo, why or "no job record")
                 continue
             job = json.loads(job_path.read_text(encoding="utf-8"))
             has_meta = "metadata" in combo.split("+")

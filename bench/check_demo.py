@@ -1,0 +1,30 @@
+"""Acceptance figures of a demo search: fusion gain over single modalities, share of the oracle's
+QWK, and whether any image job restored Stage 1 weights from epoch 1.
+
+    python bench/check_demo.py logs/<run>
+"""
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+run = Path(sys.argv[1] if len(sys.argv) > 1 else "logs/demo")
+summary = pd.read_csv(run / "summary.csv").set_index("combination")
+results = pd.read_csv(run / "results.csv")
+oracle = pd.read_csv(run / "oracle_reference.csv").groupby("reference")["qwk"].mean()
+singles = summary[[("+" not in c) for c in summary.index]]
+fusions = summary[[("+" in c) for c in summary.index]]
+best_fusion, best_single = fusions["qwk_mean"].idxmax(), singles["qwk_mean"].idxmax()
+gain = fusions.loc[best_fusion, "qwk_mean"] - singles.loc[best_single, "qwk_mean"]
+share = fusions.loc[best_fusion, "qwk_mean"] / oracle["oracle:all"]
+images = results[results["combination"] != "metadata"]
+epoch1 = images[images["stage1_best_epoch"] == 1]
+print(f"best fusion   {best_fusion}: QWK {fusions.loc[best_fusion, 'qwk_mean']:.4f}")
+print(f"best single   {best_single}: QWK {singles.loc[best_single, 'qwk_mean']:.4f}")
+print(f"fusion gain   {gain:+.4f}  (needs >= +0.05)")
+print(f"oracle (all)  QWK {oracle['oracle:all']:.4f}; best fusion reaches {share:.3f} of it (needs >= 0.80)")
+print(f"image jobs restoring Stage 1 from epoch 1: {len(epoch1)} of {len(images)} (needs 0)")
+ok = gain >= 0.05 and share >= 0.80 and epoch1.empty
+print("PASS" if ok else "FAIL")
+sys.exit(0 if ok else 1)
