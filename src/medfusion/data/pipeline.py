@@ -55,21 +55,40 @@ def _augment(features: dict, seed: int, step) -> dict:
     return out
 
 
+def _pass_order(n: int, seed: int, r) -> tf.Tensor:
+    """Sample order of pass `r` over the data: a stateless permutation keyed by (seed, r)."""
+    key = tf.stack([tf.cast(seed, tf.int64), tf.cast(r, tf.int64)])
+    return tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=key)
+
+
 def train_dataset(inputs: dict, labels: np.ndarray, plan: BatchPlan, seed: int, augment: bool,
                   start_step: int = 0) -> tf.data.Dataset:
     """Shuffled, repeated, batched: fit consumes exactly plan.steps_per_epoch batches per epoch.
 
-    The stream is a pure function of the seed, so `start_step` (epochs done x steps per epoch)
-    positions a resumed stage exactly where the interrupted one stopped.
+    The stream is a pure function of (seed, step) and holds no random state: pass r over the
+    data is the stateless permutation keyed by (seed, r), batches run on across pass
+    boundaries, and the flips of step i are keyed by (seed, i). Every iterator over the
+    dataset therefore yields the same batches, however many other iterators were created or
+    how far they prefetched. (`shuffle(reshuffle_each_iteration=True)` does not have that
+    property: its iterators share one seed generator, and Keras' fit opens a throw-away
+    iterator to peek at the input shapes whose background prefetch advanced that generator
+    by a timing-dependent amount, so the training order differed between processes.)
+    `start_step` (epochs done x steps per epoch) positions a resumed stage exactly where the
+    interrupted one stopped.
     """
-    ds = tf.data.Dataset.from_tensor_slices((inputs, one_hot(labels)))
-    ds = ds.shuffle(plan.n_samples, seed=seed, reshuffle_each_iteration=True).repeat().batch(plan.batch)
-    ds = ds.enumerate().skip(start_step)
-    if augment:
-        ds = ds.map(lambda i, xy: (_augment(_cast(xy[0]), seed, i), xy[1]), num_parallel_calls=tf.data.AUTOTUNE)
-    else:
-        ds = ds.map(lambda i, xy: (_cast(xy[0]), xy[1]), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    n, batch = plan.n_samples, plan.batch
+    features = {k: tf.constant(v) for k, v in inputs.items()}
+    targets = tf.constant(one_hot(labels))
+    first = start_step * batch  # position of the first sample in the endless stream
+    order = tf.data.Dataset.counter(first // n).flat_map(
+        lambda r: tf.data.Dataset.from_tensor_slices(_pass_order(n, seed, r)))
+    ds = order.skip(first % n).batch(batch).enumerate(start=start_step)
+
+    def load(step, idx):
+        x = _cast({k: tf.gather(v, idx) for k, v in features.items()})
+        return (_augment(x, seed, step) if augment else x), tf.gather(targets, idx)
+
+    return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def eval_dataset(inputs: dict, labels: np.ndarray | None, batch: int) -> tf.data.Dataset:
