@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 import traceback
@@ -149,6 +150,11 @@ def main(argv=None) -> int:
     except (ConfigError, ValueError, FileNotFoundError, OSError, RuntimeError) as exc:
         if cfg.runtime.verbosity >= 3:
             traceback.print_exc()
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            log.error("error: the disk is full (%s). Every file is written atomically, so the run folder is intact: "
+                      "free some space and continue with\n  python main.py %s", exc.filename or exc,
+                      _resume_command(argv))
+            return 2
         log.error("error: %s", exc)
         logging.shutdown()
         return 2
