@@ -87,7 +87,9 @@ class MetadataForest:
             min_samples_leaf=self.cfg.min_samples_leaf,
             class_weight=self.cfg.class_weight,
             random_state=self.seed,
-            n_jobs=-1,
+            # one job: with several, predict_proba sums the trees in thread-completion order and
+            # the probabilities differ in the last bit between runs; the forest is small anyway
+            n_jobs=1,
         )
         return Pipeline([("preprocess", pre), ("forest", forest)])
 
