@@ -193,6 +193,9 @@ class Search:
             return self._finish(t0)
 
     def _finish(self, t0: float) -> pd.DataFrame:
+        ckpts = self.run_dir / "checkpoints"
+        if ckpts.is_dir() and not any(p.is_file() for p in ckpts.rglob("*")):
+            shutil.rmtree(ckpts)  # only empty job folders are left once every job is recorded
         if self.cfg.runtime.resume_mode == "from_predictions":
             self.rescore_from_predictions()
         rows = self.result_rows()
