@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from medfusion.config import StageConfig
 from medfusion.data.pipeline import eval_dataset, plan_batches, train_dataset
+from medfusion.models.fusion import backbone_layers, fusion_layer
 from medfusion.models.losses import focal_loss
 from medfusion.models.metrics import CohenKappa
 from medfusion.training.callbacks import BestOnMetric, EpochLog
@@ -55,17 +56,13 @@ class StageResult:
         return asdict(self)
 
 
-def backbones(model: keras.Model) -> list:
-    return [layer for layer in model.layers if layer.name.endswith("_backbone")]
-
-
 def set_backbones_trainable(model: keras.Model, trainable: bool, unfreeze_top: int | None = None) -> None:
     """Freeze every backbone, or unfreeze it (all layers, or the top N weight-carrying non-BatchNorm ones).
 
     BatchNorm layers are kept frozen in both cases: their statistics were estimated on far
     more data than one fold, and the backbones are called with training=False anyway.
     """
-    for bb in backbones(model):
+    for bb in backbone_layers(model):
         if not trainable:
             bb.trainable = False
             continue
@@ -86,7 +83,7 @@ def count_params(model: keras.Model) -> tuple[int, int]:
 def backbone_snapshot(model: keras.Model) -> list[np.ndarray]:
     """Copies of every backbone kernel/bias (not BatchNorm statistics)."""
     out = []
-    for bb in backbones(model):
+    for bb in backbone_layers(model):
         for layer in bb.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 continue
@@ -98,13 +95,6 @@ def relative_change(before: list[np.ndarray], after: list[np.ndarray]) -> float:
     num = sum(float(np.sum((a.astype(np.float64) - b) ** 2)) for a, b in zip(after, before))
     den = sum(float(np.sum(b.astype(np.float64) ** 2)) for b in before)
     return float(np.sqrt(num / den)) if den > 0 else float("nan")
-
-
-def _fusion_layer(model):
-    try:
-        return model.get_layer("fusion")
-    except ValueError:
-        return None
 
 
 def run_stage(stage: str, model: keras.Model, strategy: tf.distribute.Strategy, train: tuple, val: tuple,
@@ -135,7 +125,7 @@ def run_stage(stage: str, model: keras.Model, strategy: tf.distribute.Strategy, 
              total, 100.0 * trainable / max(total, 1), len(y_train), len(y_val), plan.batch,
              plan.steps_per_epoch, np.round(np.asarray(alpha), 3).tolist())
     val_ds = eval_dataset(x_val, y_val, plan.batch)
-    fusion = _fusion_layer(model)
+    fusion = fusion_layer(model)
     best = BestOnMetric("val_qwk", cfg.patience)
     epoch_log = EpochLog(stage, cfg.epochs, cfg.lr, fusion)
     progress = checkpoint.progress() if checkpoint is not None else None
