@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import yaml
 
-from medfusion.constants import IMAGE_MODALITIES, MODALITIES, canonical_combination
+from medfusion.constants import IMAGE_MODALITIES, MODALITIES, PRETRAIN_CACHE_DIR, canonical_combination
 
 
 RESUME_MODES = ("auto", "fresh", "from_models", "from_predictions")
@@ -32,7 +32,8 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class DataConfig:
     data_dir: str = "data/demo"
-    demo: bool = False  # generate the embedded demo dataset into data_dir when it is missing
+    demo: bool = False  # generate the embedded demo dataset when data_dir is demo_dir and holds no dataset
+    demo_dir: str = "data/demo"  # the only folder the demo is ever generated into
     demo_seed: int = 7
     demo_patients: int = 80
     metadata_csv: str = "metadata.csv"
@@ -46,6 +47,8 @@ class DataConfig:
     # a label-leaking column here is an error, and so is a column the metadata file does not have
     feature_columns: tuple = ()
     exclude_columns: tuple = ()  # dropped from the features (names must exist in the metadata file)
+    # a frame whose header declares more pixels is skipped before decoding (100 MP: above any real camera here)
+    max_frame_pixels: int = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -221,7 +224,10 @@ def parse_set(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise ConfigError(f"--set expects key=value (e.g. train.stage2.lr=1e-5), got {item!r}")
     key, raw = item.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {item!r}: the value {raw!r} is not a valid YAML value; quote it") from None
     if isinstance(value, str):  # YAML reads 1e-5 as a string; try a number first
         try:
             value = float(value) if any(c in value for c in ".eE") else int(value)
@@ -241,8 +247,12 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
             tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (byte offset {exc.start}); "
+                              "re-save it as UTF-8") from None
         if not isinstance(tree, dict):
-            raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections (data:, model:, ...), "
+                              f"got a {type(tree).__name__}: {str(tree)[:80]!r}")
     for key, value in (overrides or {}).items():
         _set_dotted(tree, key, value)
     cfg = _build(Config, tree)
@@ -323,6 +333,8 @@ def validate(cfg: Config) -> None:
     _check(d.image_size >= 16, "data.image_size", d.image_size, "must be at least 16 pixels")
     _check(d.box_margin >= 0, "data.box_margin", d.box_margin, "must be >= 0")
     _check(d.demo_patients >= 10, "data.demo_patients", d.demo_patients, "must be >= 10")
+    _check(bool(str(d.demo_dir).strip()), "data.demo_dir", d.demo_dir, "a folder name")
+    _check(d.max_frame_pixels >= 1, "data.max_frame_pixels", d.max_frame_pixels, "must be >= 1")
     unknown_folders = set(d.folders) - set(IMAGE_MODALITIES)
     _check(not unknown_folders, "data.folders", sorted(unknown_folders), f"keys must be among {IMAGE_MODALITIES}")
     _check_backbone(m.backbone)
@@ -367,8 +379,19 @@ def validate(cfg: Config) -> None:
     _check(r.cpu_replicas >= 1, "runtime.cpu_replicas", r.cpu_replicas, "must be >= 1")
     _check(0 <= r.verbosity <= 3, "runtime.verbosity", r.verbosity, "must be 0-3")
     _check(r.resume_mode in RESUME_MODES, "runtime.resume_mode", r.resume_mode, f"one of {', '.join(RESUME_MODES)}")
-    _check(bool(r.run_name) and "/" not in r.run_name and r.run_name not in (".", ".."),
-           "runtime.run_name", r.run_name, "a plain folder name")
+    _check_run_name(r.run_name)
+
+
+def _check_run_name(name: str) -> None:
+    """A plain folder name under logs/ that cannot collide with medfusion's own folders there."""
+    bad = [c for c in name if c in '/\\:*?"<>|' or ord(c) < 32]
+    _check(bool(name) and not bad and name == name.strip(), "runtime.run_name", name,
+           "a plain folder name (no path separators, control characters or surrounding spaces)")
+    if name.startswith("."):
+        raise ConfigError(
+            f"config key 'runtime.run_name' = {name!r} is reserved: names starting with '.' belong to medfusion "
+            f"(e.g. the shared pre-training cache {PRETRAIN_CACHE_DIR!r} under the logs folder) and such a run "
+            "would move that folder aside; choose another --run_name")
 
 
 def unfreeze_layers(value: str) -> int | None:

@@ -9,6 +9,7 @@ NUM_CLASSES = len(CLASSES)
 
 IMAGE_MODALITIES = ("depth_rgb", "depth_map", "thermal_rgb", "thermal_map")
 MODALITIES = ("metadata",) + IMAGE_MODALITIES  # the fixed order used in combination names
+PRETRAIN_CACHE_DIR = ".pretrain_cache"  # under runtime.logs_dir; shared by every run
 CAMERA_OF = {"depth_rgb": "D", "depth_map": "D", "thermal_rgb": "T", "thermal_map": "T"}
 
 

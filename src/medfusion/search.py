@@ -24,6 +24,7 @@ import pandas as pd
 import tensorflow as tf
 
 from medfusion.config import Config, ConfigError, config_to_dict, config_yaml, result_differences, unfreeze_layers
+from medfusion.constants import PRETRAIN_CACHE_DIR
 from medfusion.constants import CLASSES, IMAGE_MODALITIES, MODALITIES, all_combinations, canonical_combination, image_modalities_of
 from medfusion.data.folds import check_fold_classes, check_folds, fold_indices, make_folds, subsample_patients
 from medfusion.data.manifest import Manifest
@@ -92,7 +93,7 @@ class Search:
         self.image_modalities = [m for m in IMAGE_MODALITIES if any(m in image_modalities_of(c) for c in self.combinations)]
         self.oracle_rows: list[dict] = []
         self.run_dir = Path(cfg.runtime.logs_dir) / cfg.runtime.run_name
-        self.cache_dir = Path(cfg.runtime.logs_dir) / ".pretrain_cache"
+        self.cache_dir = Path(cfg.runtime.logs_dir) / PRETRAIN_CACHE_DIR
 
     # ------------------------------------------------------------------ run folder and modes
     def _open_run(self) -> bool:

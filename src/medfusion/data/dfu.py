@@ -55,7 +55,10 @@ import pandas as pd
 from medfusion.config import DataConfig
 from medfusion.constants import CLASSES, IMAGE_MODALITIES
 from medfusion.data.images import UNREADABLE_REASONS, UnreadableFrame, probe_frame
+from medfusion.data.features import check_label_leaks, type_columns
 from medfusion.data.manifest import BOX_FIELDS, Manifest
+from medfusion.data.matching import CaseLookup, CaseMatches, check_box_roles, diagnose_no_samples, list_other_files
+from medfusion.data.tables import read_table
 
 LEAKY_COLUMNS = ("Healing Phase", "Phase Confidence (%)")
 DEFAULT_LABEL_COLUMN = "Healing Phase Abs"
@@ -86,7 +89,7 @@ SKIP_REASONS = (
     "box_outside_frame",
     "no_thermal_frame",
 )
-BOX_ROW_PROBLEMS = ("missing_coordinate", "inverted_box", "zero_area_box", "negative_box")
+BOX_ROW_PROBLEMS = ("missing_coordinate", "inverted_box", "zero_area_box", "negative_box", "bad_box_number")
 MIN_BOX_SIDE = 8  # px; smaller boxes are kept but counted and warned about
 N_EXAMPLES = 5
 LABEL_INDEX = {c: i for i, c in enumerate(CLASSES)}
@@ -160,52 +163,6 @@ def _is_missing(v) -> bool:
         return False
 
 
-def _utf8_error(path: Path, what: str, exc: UnicodeDecodeError) -> ValueError:
-    data = path.read_bytes()
-    start = int(getattr(exc, "start", 0) or 0)
-    if not isinstance(getattr(exc, "object", None), (bytes, bytearray)) or len(exc.object) != len(data):
-        # pandas may decode in chunks: locate the first bad byte in the whole file
-        try:
-            data.decode("utf-8-sig")
-        except UnicodeDecodeError as whole:
-            start = whole.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
-    line = data[:start].count(b"\n") + 1
-    bad = data[start : start + 4]
-    return ValueError(
-        f"{what} file {str(path)!r} is not UTF-8: the byte(s) {bad!r} at line {line} (byte offset {start}) "
-        "are not valid UTF-8. The file was probably saved in another encoding (Windows-1252/Latin-1 from Excel, "
-        "or UTF-16). Re-save it as UTF-8 (Excel: 'CSV UTF-8'; or `iconv -f cp1252 -t utf-8 in.csv > out.csv`)."
-    )
-
-
-def _read_csv(path: Path, what: str) -> pd.DataFrame:
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{what} file {str(path)!r} not found; check data.data_dir and the file name in the data config "
-            "(or set data.demo: true to generate the demo dataset)"
-        )
-    try:
-        df = pd.read_csv(path, encoding="utf-8-sig", skipinitialspace=False)
-    except UnicodeDecodeError as exc:
-        raise _utf8_error(path, what, exc) from None
-    except pd.errors.EmptyDataError:
-        raise ValueError(f"{what} file {str(path)!r} is empty; it needs a header row and one row per entry") from None
-    except pd.errors.ParserError as exc:
-        raise ValueError(f"{what} file {str(path)!r} could not be parsed as CSV: {exc}") from None
-    df.columns = [str(c).strip() for c in df.columns]
-    return df
-
-
-def _require_columns(df: pd.DataFrame, path: Path, cols, what: str) -> None:
-    missing = [c for c in cols if c not in df.columns]
-    if missing:
-        raise ValueError(
-            f"{what} file {str(path)!r} has no column {missing[0]!r} (required: {', '.join(cols)}); "
-            f"columns found: {', '.join(map(str, df.columns[:12]))}{' ...' if len(df.columns) > 12 else ''}. "
-            "Fix the header or point the data config at the right file/column."
-        )
-
-
 def _int_column(df: pd.DataFrame, col: str, path: Path) -> np.ndarray:
     vals = pd.to_numeric(df[col].astype("string").str.strip(), errors="coerce")
     bad = vals.isna() | (vals.fillna(0) % 1 != 0)
@@ -254,17 +211,20 @@ def _parse_labels(df: pd.DataFrame, label_column: str, path: Path, log: logging.
 
 def _select_features(df: pd.DataFrame, path: Path, data_cfg: DataConfig, log: logging.Logger, report: dict) -> list:
     label_column = data_cfg.label_column
-    excluded = set(NON_FEATURE_COLUMNS) | {label_column, "__label"}
+    # compared ignoring letter case: 'healing phase' is as label-derived as 'Healing Phase'
+    excluded_cf = {c.casefold() for c in (*NON_FEATURE_COLUMNS, label_column, "__label")}
+    leaky_cf = {c.casefold() for c in (*LEAKY_COLUMNS, label_column)}
     columns = [c for c in df.columns if c != "__label"]
+    excluded = {c for c in columns if c.casefold() in excluded_cf}
     eligible = [c for c in columns if c not in excluded]
-    leaky = set(LEAKY_COLUMNS) | {label_column}
+    leaky = set(LEAKY_COLUMNS) | {label_column} | {c for c in columns if c.casefold() in leaky_cf}
 
     def listing(cols):
         return ", ".join(repr(c) for c in cols)
 
     requested = [str(c).strip() for c in (getattr(data_cfg, "feature_columns", ()) or ())]
     for c in requested:
-        if c in leaky:
+        if c in leaky or c.casefold() in leaky_cf:
             raise ValueError(
                 f"data.feature_columns requests {c!r}, which is {'the label' if c == label_column else 'derived from the label'}"
                 f" and would leak it into the features; remove it (never usable: {listing(sorted(leaky))})"
@@ -305,8 +265,11 @@ def _select_features(df: pd.DataFrame, path: Path, data_cfg: DataConfig, log: lo
 
 def _read_metadata(path: Path, data_cfg: DataConfig, log: logging.Logger, report: dict):
     label_column = data_cfg.label_column
-    df = _read_csv(path, "metadata")
-    _require_columns(df, path, list(KEY_COLUMNS) + [label_column], "metadata")
+    table = read_table(path, "metadata", list(KEY_COLUMNS) + [label_column], log)
+    df = table.frame
+    report["metadata_separator"] = table.separator
+    if not len(df):
+        raise ValueError(f"metadata file {str(path)!r} has a header but no rows; it needs one row per wound visit")
     for c in KEY_COLUMNS:
         df[c] = _int_column(df, c, path)
     df["__label"] = _parse_labels(df, label_column, path, log, report)
@@ -329,6 +292,8 @@ def _read_metadata(path: Path, data_cfg: DataConfig, log: logging.Logger, report
     report["duplicate_visit_keys"] = [list(k) for k in dup_keys]
     report["duplicate_visits_conflicting_labels"] = conflicts
     features = _select_features(df, path, data_cfg, log, report)
+    type_columns(df, features, path, table.separator, log, report)
+    check_label_leaks(df, features, df["__label"].to_numpy(), label_column, path)
     return df, features
 
 
@@ -344,32 +309,51 @@ def _box_problem(c: np.ndarray) -> str | None:
     return None
 
 
-def _read_boxes(path: Path, what: str, log: logging.Logger, report_key: str, report: dict):
+def _coordinates(df: pd.DataFrame, sep: str) -> np.ndarray:
+    cols = df[["Xmin", "Ymin", "Xmax", "Ymax"]].apply(lambda c: c.str.strip())
+    if sep != ",":  # a ';'-separated export may write decimal commas
+        cols = cols.apply(lambda c: c.str.replace(",", ".", regex=False))
+    return cols.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+
+
+def _box_numbers(df: pd.DataFrame) -> list:
+    """Box numbers; an empty cell is box 1, anything but a whole number is None (the row is skipped)."""
+    raw = df["Bounding Box Number"].str.strip()
+    nums = pd.to_numeric(raw.where(raw.ne(""), "1"), errors="coerce")
+    return [int(v) if pd.notna(v) and float(v).is_integer() else None for v in nums]
+
+
+def _read_boxes(path: Path, what: str, camera: str, log: logging.Logger, report_key: str, report: dict):
     """file name -> {box_number: (xmin, ymin, xmax, ymax)}, and file name -> {box_number: CSV row}.
 
-    Bad rows are counted by kind (BOX_ROW_PROBLEMS, their sum as `invalid_box`), named by row.
+    Bad rows are counted by kind (BOX_ROW_PROBLEMS, their sum as `invalid_box`), named by row. Rows naming
+    a frame of the other camera (`camera` is the letter this file's frames must carry) are `wrong_camera`.
     """
-    df = _read_csv(path, what)
-    _require_columns(df, path, BOX_COLUMNS, what)
+    table = read_table(path, what, BOX_COLUMNS, log)
+    df = table.frame
     out: dict[str, dict[int, tuple]] = {}
     rows_of: dict[str, dict[int, int]] = {}
     skips = _Skips()
     named = set()  # every parseable file name that has at least one row
-    names = df["Filename"].astype("string").str.strip().fillna("").tolist()
-    nums = pd.to_numeric(df["Bounding Box Number"], errors="coerce").fillna(1).astype(int).tolist()
-    coords = df[["Xmin", "Ymin", "Xmax", "Ymax"]].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    names = df["Filename"].str.strip().tolist()
+    nums = _box_numbers(df)
+    coords = _coordinates(df, table.separator)
     for i, (name, num, c) in enumerate(zip(names, nums, coords)):
         base = Path(name).name
         try:
-            parse_frame_name(base)
+            key = parse_frame_name(base)
         except ValueError:
             skips.add("unparseable_name", f"{base!r} (row {i + 1})")
             continue
+        if key.camera != camera:
+            skips.add("wrong_camera", f"{base} (row {i + 1})")
+            continue
         named.add(base)
-        problem = _box_problem(c)
+        problem = "bad_box_number" if num is None else _box_problem(c)
         if problem:
             shown = [None if np.isnan(v) else (int(v) if float(v).is_integer() else float(v)) for v in c]
-            example = f"{base}#{num} (row {i + 1}: {shown})"
+            shown_num = df["Bounding Box Number"].iat[i] if num is None else num
+            example = f"{base}#{shown_num} (row {i + 1}: {shown})"
             skips.add(problem, example)
             skips.add("invalid_box", f"{example} {problem}")
             continue
@@ -381,14 +365,14 @@ def _read_boxes(path: Path, what: str, log: logging.Logger, report_key: str, rep
         rows_of.setdefault(base, {})[num] = i + 1
         if min(c[2] - c[0], c[3] - c[1]) < MIN_BOX_SIDE:
             skips.add("small_box", f"{base}#{num} (row {i + 1}: {int(c[2] - c[0])}x{int(c[3] - c[1])} px)")
-    for k in ("invalid_box", "unparseable_name", "duplicate_box"):
+    for k in ("invalid_box", "unparseable_name", "duplicate_box", "wrong_camera"):
         if skips.count(k):
             log.warning("%s: %d row(s) dropped (%s), e.g. %s", path.name, skips.count(k), k, skips.data[k]["examples"])
     if skips.count("small_box"):
         log.warning("%s: %d box(es) smaller than %d px on a side kept (their crops are mostly upscaled), e.g. %s",
                     path.name, skips.count("small_box"), MIN_BOX_SIDE, skips.data["small_box"]["examples"])
-    counts = {"rows": len(df)}
-    for k in ("invalid_box", *BOX_ROW_PROBLEMS, "unparseable_name", "duplicate_box", "small_box"):
+    counts = {"rows": len(df), "file": path.name}
+    for k in ("invalid_box", *BOX_ROW_PROBLEMS, "unparseable_name", "duplicate_box", "small_box", "wrong_camera"):
         counts[k] = skips.count(k)
     report[report_key] = {
         **counts,
@@ -440,8 +424,9 @@ def _match_thermal(depth: FrameKey, candidates: list[tuple[str, FrameKey]]):
 class _FrameChecks:
     """Probes each image file once (header only) and checks boxes against the frame size."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, max_pixels: int | None = None):
         self.root = root
+        self.max_pixels = max_pixels
         self.sizes: dict[str, tuple | None] = {}
         self.unreadable = _Skips()
         self.first_message: dict[str, str] = {}
@@ -457,7 +442,7 @@ class _FrameChecks:
         key = str(path)
         if key not in self.sizes:
             try:
-                self.sizes[key] = probe_frame(path)
+                self.sizes[key] = probe_frame(path, self.max_pixels)
             except UnreadableFrame as exc:
                 self.sizes[key] = None
                 self.unreadable.add(exc.reason, self._rel(path))
@@ -524,69 +509,81 @@ def load_dfu(data_dir, data_cfg: DataConfig, log: logging.Logger | None = None) 
     meta, features = _read_metadata(meta_path, data_cfg, log, report)
     visits = {tuple(int(x) for x in k): i for i, k in enumerate(meta[list(KEY_COLUMNS)].to_numpy())}
 
-    depth_boxes, depth_rows, depth_named = _read_boxes(
-        root / data_cfg.depth_boxes_csv, "depth bounding-box", log, "depth_boxes", report)
+    depth_csv, thermal_csv = root / data_cfg.depth_boxes_csv, root / data_cfg.thermal_boxes_csv
+    depth_boxes, depth_rows, depth_named = _read_boxes(depth_csv, "depth bounding-box", "D", log, "depth_boxes", report)
     thermal_boxes, thermal_rows, thermal_named = _read_boxes(
-        root / data_cfg.thermal_boxes_csv, "thermal bounding-box", log, "thermal_boxes", report)
+        thermal_csv, "thermal bounding-box", "T", log, "thermal_boxes", report)
+    check_box_roles(report, depth_csv, thermal_csv)
 
     skips = _Skips()
     depth_frames, depth_present = _list_frames(folders["depth_rgb"], "D", skips)
     thermal_skips = _Skips()
     thermal_frames, thermal_present = _list_frames(folders["thermal_rgb"], "T", thermal_skips)
-    checks = _FrameChecks(root)
+    checks = _FrameChecks(root, data_cfg.max_frame_pixels)
     depth_box_skips, thermal_box_skips = _Skips(), _Skips()
+    case = CaseMatches()
+    maps = {m: CaseLookup(p.name for p in folders[m].iterdir() if p.is_file()) for m in ("depth_map", "thermal_map")}
 
-    # box rows naming a frame that is not in the folder
+    # box rows naming a frame that is not in the folder (letter case ignored)
     for key, named, present, folder in (("depth_boxes", depth_named, depth_present, folders["depth_rgb"]),
                                         ("thermal_boxes", thermal_named, thermal_present, folders["thermal_rgb"])):
-        absent = sorted(named - present)
+        found = CaseLookup(present)
+        absent = sorted(n for n in named if n not in found)
         report[key]["frames_not_found"] = len(absent)
         if absent:
             report[key]["examples"]["frames_not_found"] = absent[:N_EXAMPLES]
             log.warning("%s: %d file name(s) with box rows have no image in %s, e.g. %s",
                         key.replace("_", " "), len(absent), folder, absent[:N_EXAMPLES])
+    depth_lookup, thermal_lookup = CaseLookup(depth_boxes), CaseLookup(thermal_boxes)
+    depth_named_lookup, thermal_named_lookup = CaseLookup(depth_named), CaseLookup(thermal_named)
 
     # usable thermal candidates per visit: a valid box, a map file, readable frames, a box inside them
     by_visit: dict[tuple, list] = {}
     usable_thermal_boxes: dict[str, dict] = {}
+    thermal_map_name: dict[str, str] = {}
     for name, key in thermal_frames.items():
-        if name not in thermal_boxes:
-            thermal_skips.add("no_valid_box" if name in thermal_named else "no_box", name)
+        bname = case.note(name, thermal_lookup.find(name), "thermal box row")
+        if bname is None:
+            thermal_skips.add("no_valid_box" if name in thermal_named_lookup else "no_box", name)
             continue
-        paths = (folders["thermal_rgb"] / name, folders["thermal_map"] / name)
-        if not paths[1].is_file():
+        mname = case.note(name, maps["thermal_map"].find(name), "thermal_map file")
+        if mname is None:
             thermal_skips.add("missing_map_file", name)
             continue
+        paths = (folders["thermal_rgb"] / name, folders["thermal_map"] / mname)
         if not checks.readable(*paths):
             thermal_skips.add("unreadable_frame", name)
             continue
-        kept = _fit_boxes(name, thermal_boxes[name], thermal_rows[name], paths, checks, thermal_box_skips)
+        kept = _fit_boxes(name, thermal_boxes[bname], thermal_rows[bname], paths, checks, thermal_box_skips)
         if not kept:
             thermal_skips.add("box_outside_frame", name)
             continue
         usable_thermal_boxes[name] = kept
+        thermal_map_name[name] = mname
         by_visit.setdefault(key.visit, []).append((name, key))
 
     rows = []
     rule_counts = {r: 0 for r in MATCH_RULES}
     used_thermal = set()
     for name, key in depth_frames.items():
-        boxes = depth_boxes.get(name)
+        bname = case.note(name, depth_lookup.find(name), "depth box row")
+        boxes = depth_boxes.get(bname) if bname else None
         if not boxes:
-            skips.add("no_valid_box" if name in depth_named else "no_box", name)
+            skips.add("no_valid_box" if name in depth_named_lookup else "no_box", name)
             continue
         mi = visits.get(key.visit)
         if mi is None:
             skips.add("no_metadata_row", name)
             continue
-        paths = (folders["depth_rgb"] / name, folders["depth_map"] / name)
-        if not paths[1].is_file():
+        mname = case.note(name, maps["depth_map"].find(name), "depth_map file")
+        if mname is None:
             skips.add("missing_map_file", name)
             continue
+        paths = (folders["depth_rgb"] / name, folders["depth_map"] / mname)
         if not checks.readable(*paths):
             skips.add("unreadable_frame", name)
             continue
-        boxes = _fit_boxes(name, boxes, depth_rows[name], paths, checks, depth_box_skips)
+        boxes = _fit_boxes(name, boxes, depth_rows[bname], paths, checks, depth_box_skips)
         if not boxes:
             skips.add("box_outside_frame", name)
             continue
@@ -613,9 +610,9 @@ def load_dfu(data_dir, data_cfg: DataConfig, log: logging.Logger | None = None) 
             }
             for m, fname, box in (
                 ("depth_rgb", name, dbox),
-                ("depth_map", name, dbox),
+                ("depth_map", mname, dbox),
                 ("thermal_rgb", tname, tbox),
-                ("thermal_map", tname, tbox),
+                ("thermal_map", thermal_map_name[tname], tbox),
             ):
                 row[f"{m}_path"] = str(folders[m] / fname)
                 for f, v in zip(BOX_FIELDS, box):
@@ -623,6 +620,10 @@ def load_dfu(data_dir, data_cfg: DataConfig, log: logging.Logger | None = None) 
             rows.append(row)
             rule_counts[rule] += 1
 
+    report["case_insensitive_matches"] = {"count": case.count, "examples": case.examples}
+    if case.count:
+        log.warning("%d file name(s) matched only when letter case is ignored (box rows vs image files, or rgb vs "
+                    "map files); matched, e.g. %s", case.count, case.examples)
     # frame-level box checks (need the frame size) go into the per-CSV report
     for key, bs in (("depth_boxes", depth_box_skips), ("thermal_boxes", thermal_box_skips)):
         for k in ("outside_frame", "clipped"):
@@ -657,11 +658,15 @@ def load_dfu(data_dir, data_cfg: DataConfig, log: logging.Logger | None = None) 
         samples = pd.DataFrame(columns=base_cols + features)
     if len(samples) == 0:
         reasons = {k: v["count"] for k, v in skips.data.items()}
+        other = {m: list_other_files(folders[m]) for m in ("depth_rgb", "thermal_rgb")}
+        hints = diagnose_no_samples(reasons, len(depth_frames), other, report, set(meta["Appt#"].tolist()),
+                                    {k.appt for k in depth_frames.values()})
         raise ValueError(
             f"no samples could be built from {str(root)!r}: {len(depth_frames)} depth frames, skipped by reason "
             f"{reasons}; thermal frames unusable by reason {({k: v['count'] for k, v in thermal_skips.data.items()})}; "
             f"unreadable image files {({k: v['count'] for k, v in unreadable.items()})}; "
-            f"{len(meta)} metadata rows. Check the folders, the box CSVs and that file names follow DATA_FORMAT.md"
+            f"{len(meta)} metadata rows." + "".join(f" Likely cause: {h}." for h in hints)
+            + " Check the folders, the box CSVs and that file names follow DATA_FORMAT.md"
         )
 
     for rule in MATCH_RULES:

@@ -16,7 +16,8 @@ Checking frames without decoding them (`probe_frame`)
   is not cut short (a PNG must end with its IEND chunk, a JPEG with its EOI marker) and has a
   non-zero width and height, read from the header. That costs two small reads per file, so
   building a manifest never decodes an image, and boxes are checked against the header's frame
-  size there. A frame that fails is skipped with its reason (`UnreadableFrame.reason`).
+  size there. A frame that fails is skipped with its reason (`UnreadableFrame.reason`); so is a frame
+  whose header declares more than `data.max_frame_pixels` pixels ("too_large"), before any decoding.
 * A full decode happens once per frame: in `load_crops` (which caches the crops) during a search,
   or in `python main.py --mode check_data`, which decodes every referenced frame to find damage a
   header cannot show (a corrupted compressed stream). There a failure is a problem to fix, not a
@@ -39,7 +40,7 @@ _CROP_CACHE: dict = {}
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
-UNREADABLE_REASONS = ("missing_file", "empty_file", "not_an_image", "truncated")
+UNREADABLE_REASONS = ("missing_file", "empty_file", "not_an_image", "truncated", "too_large")
 _TAIL = 1024  # end markers are searched in the last bytes (tolerates a little trailing data)
 
 
@@ -74,10 +75,12 @@ def _jpeg_size(data: bytes):
     return None
 
 
-def probe_frame(path) -> tuple[int, int]:
+def probe_frame(path, max_pixels: int | None = None) -> tuple[int, int]:
     """(width, height) of an image file, checked without decoding it; UnreadableFrame otherwise.
 
     See the module docstring for what is checked. Cheap: reads the first and last bytes of a PNG.
+    `max_pixels` (data.max_frame_pixels): a header declaring a larger frame is refused ("too_large")
+    before anything is decoded, since decoding it would take seconds and gigabytes.
     """
     p = Path(path)
     if not p.is_file():
@@ -117,6 +120,10 @@ def probe_frame(path) -> tuple[int, int]:
         h, w = img.shape[:2]
     if w == 0 or h == 0:
         raise UnreadableFrame("not_an_image", f"image file {str(p)!r} declares a {w}x{h} frame")
+    if max_pixels is not None and w * h > max_pixels:
+        raise UnreadableFrame("too_large", f"image file {str(p)!r} declares a {w}x{h} frame ({w * h:,} pixels), "
+                                           f"more than data.max_frame_pixels ({max_pixels:,}); not decoded. Replace "
+                                           "the file, or raise data.max_frame_pixels if the camera really is that large")
     return int(w), int(h)
 
 
