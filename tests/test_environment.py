@@ -16,7 +16,8 @@ def test_logs_folder_that_cannot_be_created_is_named(tmp_path):
     blocker.write_text("a file where the logs folder should be")
     cmd = [sys.executable, str(ROOT / "main.py"), "--config", str(ROOT / "configs/demo.yaml"),
            "--set", f"runtime.logs_dir={blocker}", "--set", "data.demo_patients=24",
-           "--set", f"data.data_dir={tmp_path / 'data'}", "--cv_folds", "2"]
+           "--set", f"data.data_dir={tmp_path / 'data'}", "--set", f"data.demo_dir={tmp_path / 'data'}",
+           "--cv_folds", "2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2
     assert str(blocker) in proc.stderr and "runtime.logs_dir" in proc.stderr

@@ -7,6 +7,7 @@ import errno
 import logging
 import sys
 import traceback
+from pathlib import Path
 
 from medfusion.config import ConfigError, load_config, parse_set
 
@@ -105,14 +106,18 @@ def main(argv=None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        what = "is a file, not a folder" if Path(args.data_dir).exists() else "does not exist"
+        print(f"error: --data_dir {args.data_dir!r} {what}; pass the folder that holds metadata.csv"
+              + (" (the demo is generated only into data.demo_dir "
+                 f"{cfg.data.demo_dir!r}: leave out --data_dir to use it)" if cfg.data.demo else ""), file=sys.stderr)
+        return 2
     from medfusion.runs import setup_console
 
     log = setup_console(cfg.runtime.verbosity)
     if args.mode in ("review", "check_data"):  # no TensorFlow needed
         try:
             if args.mode == "review":
-                from pathlib import Path
-
                 from medfusion.review import run_review
 
                 return run_review(Path(cfg.runtime.logs_dir) / cfg.runtime.run_name, strict=args.strict, log=log)

@@ -92,6 +92,9 @@ def _json_default(o):
 
 def prepare_run_dir(logs_dir: str | Path, run_name: str, log: logging.Logger) -> Path:
     """Create logs/<run_name>/; an existing non-empty folder is moved aside, never deleted."""
+    if not run_name or run_name.startswith(".") or Path(run_name).name != run_name:
+        raise ValueError(f"run name {run_name!r} is reserved or not a plain folder name (names starting with '.' "
+                         "belong to medfusion, e.g. the shared pre-training cache); choose another --run_name")
     logs_dir = Path(logs_dir)
     try:
         logs_dir.mkdir(parents=True, exist_ok=True)
@@ -180,8 +183,8 @@ class RunState:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / "state.json"
         self.data = {"version": 1, "jobs": {}}
-        if self.path.is_file():
-            self.data = json.loads(self.path.read_text(encoding="utf-8"))
+        if self.path.exists():
+            self.data = read_run_json(self.path, state_problem)
 
     @staticmethod
     def key(combination: str, fold: int) -> str:
@@ -230,3 +233,106 @@ def remove_stale_temporaries(folder: Path) -> int:
             p.unlink()
             n += 1
     return n
+
+
+# ----------------------------------------------------------------------------- reading a run folder back
+
+CONTINUE_HINT = ("To continue, use --resume_mode fresh (the old folder is moved aside, nothing is deleted) or a new "
+                 "--run_name.")
+
+
+class RunFolderError(ValueError):
+    """A file of an existing run folder that cannot be used; the message names it and how to continue."""
+
+
+def _damaged(path: Path, what: str) -> RunFolderError:
+    return RunFolderError(f"run file {str(path)!r} {what}. {CONTINUE_HINT}")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise _damaged(path, f"is not UTF-8 text (byte offset {exc.start}): it was damaged or overwritten") from None
+    except OSError as exc:
+        raise _damaged(path, f"cannot be read ({exc.strerror or exc})") from None
+
+
+def read_run_json(path: Path, check=None):
+    """Parse a JSON file of the run folder; `check(obj)` returns what is wrong with its structure, or None."""
+    text = _read_text(path)
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        what = "is empty" if not text.strip() else f"is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
+        raise _damaged(path, what + ": it was cut short or edited") from None
+    problem = check(obj) if check else None
+    if problem:
+        raise _damaged(path, f"does not hold what medfusion wrote there: {problem}")
+    return obj
+
+
+def read_run_yaml(path: Path) -> dict:
+    import yaml
+
+    text = _read_text(path)
+    try:
+        obj = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise _damaged(path, f"is not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(obj, dict):
+        raise _damaged(path, f"does not hold a mapping of config sections (found {type(obj).__name__})")
+    return obj
+
+
+def read_run_csv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise _damaged(path, f"is not a readable CSV table ({str(exc).splitlines()[0]})") from None
+    except OSError as exc:
+        raise _damaged(path, f"cannot be read ({exc.strerror or exc})") from None
+
+
+def state_problem(obj) -> str | None:
+    """What is wrong with the structure of a state.json, or None."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("jobs"), dict):
+        return "expected an object with a 'jobs' mapping"
+    for key, job in obj["jobs"].items():
+        if not isinstance(job, dict) or not isinstance(job.get("files"), dict) or "combination" not in job \
+                or not isinstance(job.get("fold"), int):
+            return f"job {key!r} lacks its combination, fold or files"
+        for rel, rec in job["files"].items():
+            if not isinstance(rec, dict) or not isinstance(rec.get("size"), int) or not isinstance(rec.get("sha256"), str):
+                return f"job {key!r}: the record of {rel!r} lacks its size or checksum"
+    return None
+
+
+def folds_problem(obj) -> str | None:
+    """What is wrong with the structure of a folds.json (sample_id -> fold), or None."""
+    if not isinstance(obj, dict) or not obj:
+        return "expected a non-empty mapping sample_id -> fold"
+    bad = [(k, v) for k, v in obj.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0]
+    if bad:
+        return f"{len(bad)} sample(s) have no valid fold number, e.g. {bad[0][0]!r}: {bad[0][1]!r}"
+    return None
+
+
+def check_run_folder(run_dir: Path) -> None:
+    """Before continuing a run: every file it will read back parses and has the expected structure."""
+    run_dir = Path(run_dir)
+    read_run_yaml(run_dir / "config.yaml")
+    if (run_dir / "state.json").exists():
+        read_run_json(run_dir / "state.json", state_problem)
+    if (run_dir / "folds.json").exists():
+        read_run_json(run_dir / "folds.json", folds_problem)
+
+
+def read_run_arrays(path: Path, loader):
+    """`loader(path)` for an .npz of the run folder; a damaged file becomes a RunFolderError naming it."""
+    import zipfile
+
+    try:
+        return loader(path)
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise _damaged(path, f"is not a readable array file ({type(exc).__name__}: {exc})") from None

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import keras
-import yaml
 
 import numpy as np
 import pandas as pd
@@ -32,6 +31,8 @@ from medfusion.models.losses import equal_alpha, focal_alpha
 from medfusion.models.metrics import score_predictions
 from medfusion.runs import (FileLog, RunState, atomic_write_csv, atomic_write_json, atomic_write_text, crash_point,
                             prepare_run_dir, remove_stale_temporaries)
+from medfusion.runs import (RunFolderError, check_run_folder, folds_problem, read_run_arrays, read_run_csv,
+                            read_run_json, read_run_yaml)
 from medfusion.training.stages import (backbone_snapshot, predict, relative_change, run_stage,
                                        set_backbones_trainable)
 from medfusion.training.checkpoint import StageCheckpoint, load_arrays, save_arrays
@@ -108,10 +109,11 @@ class Search:
             prepare_run_dir(cfg.runtime.logs_dir, cfg.runtime.run_name, log)
             atomic_write_text(self.run_dir / "config.yaml", config_yaml(cfg))
             return False
+        check_run_folder(self.run_dir)  # a damaged file stops here, before anything in the folder changes
         stale = remove_stale_temporaries(self.run_dir)
         if stale:
             log.info("removed %d half-written temporary file(s) left by an interrupted attempt", stale)
-        saved = yaml.safe_load((self.run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+        saved = read_run_yaml(self.run_dir / "config.yaml")
         diffs = result_differences(saved, cfg)
         if diffs:
             lines = "\n".join(f"  {k}: run has {a!r}, now {b!r}" for k, a, b in diffs)
@@ -124,7 +126,7 @@ class Search:
     def _folds(self, manifest: Manifest, resuming: bool) -> dict:
         path = self.run_dir / "folds.json"
         if resuming and path.is_file():
-            assignment = json.loads(path.read_text(encoding="utf-8"))
+            assignment = read_run_json(path, folds_problem)
             ids = set(manifest.samples["sample_id"])
             if ids != set(assignment):
                 extra, missing = sorted(ids - set(assignment)), sorted(set(assignment) - ids)
@@ -274,8 +276,13 @@ class Search:
     def forest(self, k, tr, va, seed):
         """Forest probabilities of fold k (out-of-fold for training rows), computed once and kept."""
         path = self.run_dir / "forest" / f"fold_{k}.npz"
+        groups = None
         if path.is_file():
-            groups = load_arrays(path)
+            try:
+                groups = read_run_arrays(path, load_arrays)
+            except RunFolderError as exc:
+                log.warning("%s; the forest is recomputed (it is deterministic)", str(exc).split(". To continue")[0])
+        if groups is not None and {"train", "val"} <= set(groups):
             if groups["train"][0].shape[0] == len(tr) and groups["val"][0].shape[0] == len(va):
                 log.info("fold %d metadata forest: probabilities reused from %s", k, path)
                 return groups["train"][0], groups["val"][0]
@@ -398,9 +405,9 @@ class Search:
                 log.warning("fold %d job %s: %s; nothing to recompute from (continue the run with "
                             "--resume_mode auto)", k, combo, why or "no job record")
                 continue
-            job = json.loads(job_path.read_text(encoding="utf-8"))
+            job = read_run_json(job_path)
             has_meta = "metadata" in combo.split("+")
-            p_va = load_arrays(self.run_dir / "forest" / f"fold_{k}.npz")["val"][0] if has_meta else None
+            p_va = read_run_arrays(self.run_dir / "forest" / f"fold_{k}.npz", load_arrays)["val"][0] if has_meta else None
             files = []
             if combo == "metadata":
                 proba = p_va
@@ -408,7 +415,7 @@ class Search:
                 with self.strategy.scope():
                     model = build_fusion_model(combo, cfg.model, cfg.data.image_size)
                 weights = f"models/{combo}/fold_{k}.npz"
-                ckpt_assign(model.variables, load_arrays(self.run_dir / weights)["model"], weights)
+                ckpt_assign(model.variables, read_run_arrays(self.run_dir / weights, load_arrays)["model"], weights)
                 proba = predict(model, _inputs(self.crops, va, image_modalities_of(combo), p_va),
                                 max(cfg.train.batch_size, 32))
                 files.append(weights)
@@ -422,8 +429,8 @@ class Search:
         for rec in self.state.done_jobs():
             combo, k = rec["combination"], rec["fold"]
             job_path = self.run_dir / "jobs" / combo / f"fold_{k}.json"
-            pred = pd.read_csv(self.run_dir / "predictions" / combo / f"fold_{k}.csv")
-            job = json.loads(job_path.read_text(encoding="utf-8"))
+            pred = read_run_csv(self.run_dir / "predictions" / combo / f"fold_{k}.csv")
+            job = read_run_json(job_path)
             proba = pred[["p_I", "p_P", "p_R"]].to_numpy()
             job["metrics"] = score_predictions(pred["y_true"].to_numpy(), proba)
             job["val_pred_counts"] = dict(zip(CLASSES, np.bincount(proba.argmax(1), minlength=3).tolist()))
@@ -455,7 +462,7 @@ class Search:
         order = {c: i for i, c in enumerate(all_combinations(MODALITIES))}
         rows = []
         for rec in sorted(self.state.done_jobs(), key=lambda r: (r["fold"], order.get(r["combination"], 99))):
-            job = json.loads((self.run_dir / "jobs" / rec["combination"] / f"fold_{rec['fold']}.json").read_text())
+            job = read_run_json(self.run_dir / "jobs" / rec["combination"] / f"fold_{rec['fold']}.json")
             rows.append(row_from_job(job))
         return rows
 
@@ -488,7 +495,7 @@ class Search:
     def _oracle_summary(self):
         path = self.run_dir / "oracle_reference.csv"
         if not self.oracle_rows and path.is_file():
-            self.oracle_rows = pd.read_csv(path).to_dict("records")
+            self.oracle_rows = read_run_csv(path).to_dict("records")
         if not self.oracle_rows:
             return None
         return pd.DataFrame(self.oracle_rows).groupby("reference")["qwk"].mean()

@@ -113,10 +113,15 @@ def check_dataset(cfg, log: logging.Logger | None = None, *, decode: bool = Fals
     problems: list[str] = []
     warnings: list[str] = []
     try:
-        if cfg.data.demo:
+        if cfg.data.demo and is_demo_dir(cfg.data):
             from medfusion.data.synthetic import ensure_demo
 
             ensure_demo(data_dir, seed=cfg.data.demo_seed, n_patients=cfg.data.demo_patients, log=log)
+        elif cfg.data.demo and not data_dir.is_dir():
+            raise FileNotFoundError(
+                f"data directory {str(data_dir)!r} not found. The demo dataset is generated only into data.demo_dir "
+                f"({cfg.data.demo_dir!r}), never into another folder: check the path, or leave out --data_dir to "
+                "use the demo")
         manifest = load_dfu(data_dir, cfg.data, log)
     except (OSError, ValueError) as exc:
         return DatasetCheck(False, [str(exc)], None, data_dir=str(data_dir))
@@ -188,6 +193,11 @@ def check_dataset(cfg, log: logging.Logger | None = None, *, decode: bool = Fals
                 f"or delete them: {shown}" + (" ..." if len(failures) > N_SHOWN else ""))
         stats["decoded"] = True
     return DatasetCheck(not problems, problems, manifest, warnings, str(data_dir), stats, assignment)
+
+
+def is_demo_dir(data_cfg) -> bool:
+    """True when data_dir is the configured demo folder, the only place the demo is generated into."""
+    return Path(data_cfg.data_dir).resolve() == Path(data_cfg.demo_dir).resolve()
 
 
 def run_check_data(cfg, log: logging.Logger) -> int:

@@ -494,7 +494,8 @@ def load_dfu(data_dir, data_cfg: DataConfig, log: logging.Logger | None = None) 
     root = Path(data_dir).resolve()
     if not root.is_dir():
         raise FileNotFoundError(
-            f"data directory {str(root)!r} not found; set data.data_dir (or data.demo: true for the demo dataset)"
+            f"data directory {str(root)!r} not found{' (it is a file)' if root.exists() else ''}; check --data_dir / "
+            "data.data_dir (the demo dataset is generated only into data.demo_dir, with data.demo: true)"
         )
     folders = {m: root / data_cfg.folders.get(m, m) for m in IMAGE_MODALITIES}
     for m, folder in folders.items():
