@@ -146,6 +146,9 @@ def check_dataset(cfg, log: logging.Logger | None = None, *, decode: bool = Fals
         problems.append("the search uses the metadata modality but no metadata feature column is left "
                         "(see data.feature_columns / data.exclude_columns and the empty columns dropped)")
 
+    if rep.get("appt_numbering"):
+        problems.append(rep["appt_numbering"])
+
     # splits, as the search will make them
     n_folds, pct, seed = cfg.search.cv_folds, cfg.search.data_percentage, cfg.search.seed
     assignment = None

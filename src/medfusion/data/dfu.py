@@ -481,6 +481,18 @@ def _fit_boxes(name, boxes, rows, paths, checks: _FrameChecks, box_skips: _Skips
     return kept
 
 
+def _check_appt_numbering(meta: pd.DataFrame, depth_frames: dict, path: Path, log, report: dict) -> None:
+    """Appt# is 0-based like the file names; metadata numbered from 1 silently gives frames the next visit's label."""
+    n_zero = sum(1 for k in depth_frames.values() if k.appt == 0)
+    report["appt_numbering"] = None
+    if n_zero and len(meta) and 0 not in set(meta["Appt#"].tolist()):
+        report["appt_numbering"] = (
+            f"{path.name} has no row with Appt# 0 but {n_zero} depth frame(s) are appointment 00 (e.g. "
+            f"{next(n for n, k in depth_frames.items() if k.appt == 0)}): if the metadata numbers visits from 1, every "
+            "frame is joined to the wrong visit and label. Appt# must count from 0, as in the file names")
+        log.warning("%s", report["appt_numbering"])
+
+
 # ----------------------------------------------------------------------------- loader
 
 
@@ -621,6 +633,7 @@ def load_dfu(data_dir, data_cfg: DataConfig, log: logging.Logger | None = None) 
             rows.append(row)
             rule_counts[rule] += 1
 
+    _check_appt_numbering(meta, depth_frames, meta_path, log, report)
     report["case_insensitive_matches"] = {"count": case.count, "examples": case.examples}
     if case.count:
         log.warning("%d file name(s) matched only when letter case is ignored (box rows vs image files, or rgb vs "

@@ -108,6 +108,8 @@ def diagnose_no_samples(depth_skips: dict, n_depth: int, other_files: dict, repo
                      f"appointments {sorted(depth_appts)[:6]}, metadata Appt# {sorted(meta_appts)[:6]}")
     elif reason == "missing_map_file":
         hints.append(f"{n} depth frame(s) have no file of the same name in depth_map")
+    elif reason == "unreadable_frame":
+        hints.append(f"{n} depth frame(s) or their maps cannot be used as images (see 'unreadable image files')")
     elif reason == "no_thermal_frame":
         hints.append(f"{n} depth frame(s) have no usable thermal frame of the same visit (see 'thermal frames "
                      "unusable')")
