@@ -2,6 +2,8 @@
 --data_dir, reserved run names, run-folder files that cannot be read back."""
 
 import hashlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -149,14 +151,18 @@ def _search_args(tmp_path, dataset, *extra):
 
 
 @pytest.mark.parametrize("verbosity,traceback", [("1", False), ("3", True)])
-def test_search_on_a_damaged_run_stops_with_one_message(tmp_path, dataset, capsys, verbosity, traceback):
+def test_search_on_a_damaged_run_stops_with_one_message(tmp_path, dataset, verbosity, traceback):
+    """In a subprocess, as a user runs it (TensorFlow's logging outlives an in-process capture)."""
     cfg = cli.resolve_config(cli.build_parser().parse_args(_search_args(tmp_path, dataset)))
     run = _run_folder(tmp_path, cfg)
     (run / "state.json").write_text('{"jobs": ')
     before = _snapshot(tmp_path / "logs")
-    rc = cli.main(_search_args(tmp_path, dataset, "--verbosity", verbosity))
-    err = capsys.readouterr().err
-    assert rc == 2 and f"run file {str(run / 'state.json')!r} is not valid JSON" in err and "--resume_mode fresh" in err
+    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), *_search_args(tmp_path, dataset, "--verbosity",
+                                                                                 verbosity)],
+                          capture_output=True, text=True, timeout=600)
+    err = proc.stderr
+    assert proc.returncode == 2, err[-2000:]
+    assert f"run file {str(run / 'state.json')!r} is not valid JSON" in err and "--resume_mode fresh" in err
     assert ("Traceback" in err) is traceback
     assert _snapshot(tmp_path / "logs") == before
 

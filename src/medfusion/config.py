@@ -15,12 +15,13 @@ from typing import Any, Optional
 
 import yaml
 
+from medfusion.yamlio import load_yaml
 from medfusion.constants import IMAGE_MODALITIES, MODALITIES, PRETRAIN_CACHE_DIR, canonical_combination
 
 
 RESUME_MODES = ("auto", "fresh", "from_models", "from_predictions")
 # Keys that may differ between a run and its resumption: they do not change what is computed.
-NON_RESULT_KEYS = frozenset({"runtime.run_name", "runtime.logs_dir", "runtime.device_mode", "runtime.gpus",
+NON_RESULT_KEYS = frozenset({"data.demo_dir", "runtime.run_name", "runtime.logs_dir", "runtime.device_mode", "runtime.gpus",
                              "runtime.cpu_replicas", "runtime.verbosity", "runtime.resume_mode",
                              "runtime.deterministic"})
 
@@ -242,9 +243,10 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist; pass --config PATH to a YAML file")
+            raise ConfigError(f"config file {str(path)!r} {'is a folder' if path.is_dir() else 'does not exist'}; "
+                              "pass --config PATH to a YAML file")
         try:
-            tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            tree = load_yaml(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
         except UnicodeDecodeError as exc:
@@ -253,6 +255,7 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         if not isinstance(tree, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections (data:, model:, ...), "
                               f"got a {type(tree).__name__}: {str(tree)[:80]!r}")
+        tree = {k: ({} if v is None else v) for k, v in tree.items()}  # `data:` with nothing under it
     for key, value in (overrides or {}).items():
         _set_dotted(tree, key, value)
     cfg = _build(Config, tree)
@@ -422,8 +425,13 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def result_differences(saved: dict, cfg: Config) -> list[tuple[str, object, object]]:
-    """(key, saved value, current value) for every result-affecting key that differs."""
+    """(key, saved value, current value) for every result-affecting key that differs.
+
+    A key the saved config lacks (written before the key existed) counts as its default value.
+    """
     old, new = flatten(saved), flatten(config_to_dict(cfg))
+    defaults = flatten(config_to_dict(Config()))
+    old = {**{k: v for k, v in defaults.items() if k not in old}, **old}
     keys = sorted((set(old) | set(new)) - NON_RESULT_KEYS)
     return [(k, old.get(k, "<absent>"), new.get(k, "<absent>")) for k in keys if old.get(k, "<absent>") != new.get(k, "<absent>")]
 

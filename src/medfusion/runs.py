@@ -275,9 +275,11 @@ def read_run_json(path: Path, check=None):
 def read_run_yaml(path: Path) -> dict:
     import yaml
 
+    from medfusion.yamlio import load_yaml
+
     text = _read_text(path)
     try:
-        obj = yaml.safe_load(text)
+        obj = load_yaml(text)
     except yaml.YAMLError as exc:
         raise _damaged(path, f"is not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(obj, dict):

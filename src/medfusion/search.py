@@ -470,7 +470,11 @@ class Search:
         path = Path(self.cfg.data.data_dir) / "oracle.csv"
         if not path.is_file():
             return None
-        return pd.read_csv(path).set_index("sample_id")
+        oracle = pd.read_csv(path)
+        if "sample_id" not in oracle.columns:
+            log.warning("%s has no sample_id column: not a medfusion oracle file, ignored", path)
+            return None
+        return oracle.set_index("sample_id")
 
     def _oracle_scores(self, k, va):
         """Where the dataset ships a Bayes oracle (the demo does), score it on this fold's validation samples."""

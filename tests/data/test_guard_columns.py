@@ -186,3 +186,13 @@ def test_key_column_in_another_case_suggests_the_name(tmp_path):
     with pytest.raises(ValueError) as exc:
         _load(_layout(tmp_path, header, rows))
     assert "no column 'Patient#'" in str(exc.value) and "Did you mean 'patient#'?" in str(exc.value)
+
+
+@pytest.mark.parametrize("newline", ["\r\n", "\r"])
+def test_windows_and_old_mac_line_ends_load_the_same(tmp_path, newline):
+    header, rows = _base()
+    root = _layout(tmp_path, header, rows)
+    p = root / "metadata.csv"
+    p.write_bytes(p.read_bytes().replace(b"\r\n", b"\n").replace(b"\n", newline.encode()))
+    man = _load(root)
+    assert len(man) == N and sorted(man.samples["Age"]) == sorted(AGES)

@@ -52,8 +52,8 @@ def utf8_error(path: Path, what: str, data: bytes, exc: UnicodeDecodeError) -> V
 
 def _header(text: str, sep: str) -> list[str]:
     try:
-        return [clean_name(f) for f in next(csv.reader(io.StringIO(text), delimiter=sep))]
-    except StopIteration:
+        return [clean_name(f) for f in next(csv.reader(io.StringIO(text, newline=None), delimiter=sep))]
+    except (StopIteration, csv.Error):
         return []
 
 
@@ -84,7 +84,7 @@ def _rows(text: str, sep: str, width: int, path: Path, what: str) -> tuple[list,
     """Data rows padded to the header's width, trailing all-empty rows dropped (counted). A row with extra
     non-empty fields is an error: pandas would silently take its first field as a row index and shift every column."""
     rows, n_blank = [], 0
-    reader = csv.reader(io.StringIO(text), delimiter=sep)
+    reader = csv.reader(io.StringIO(text, newline=None), delimiter=sep)  # \r, \r\n and \n all end a line
     try:
         next(reader)
         for row in reader:
