@@ -182,3 +182,14 @@ def test_empty_box_file_names_it(tmp_path):
     with pytest.raises(ValueError) as exc:
         load_dfu(root, DataConfig())
     assert "bounding_boxes_thermal.csv" in str(exc.value) and "is empty" in str(exc.value)
+
+
+def test_check_data_summary_shows_case_matches_placeholders_and_text_columns(tmp_path):
+    rows = [meta_row(1, 3, 0, 1, "I", age="?"), meta_row(2, 3, 1, 1, "P", age=70), meta_row(3, 4, 0, 1, "R", age=55)]
+    root = _layout(tmp_path, rows)
+    for folder in ("depth_rgb", "depth_map"):
+        (root / folder / "1_P003001ADMW.png").rename(root / folder / "1_P003001ADMW.PNG")
+    summary = check_dataset(load_config(None, {"data.data_dir": str(root), "search.cv_folds": 2})).summary()
+    assert "placeholders read as missing (per column): Age 1" in summary
+    assert "text (categorical) feature columns: Sex (F:0, M:1)" in summary
+    assert "file names matched only when letter case is ignored: 1, e.g. 1_P003001ADMW.PNG ~ 1_P003001ADMW.png" in summary

@@ -269,12 +269,12 @@ def _full_summary(c: DatasetCheck) -> str:
             b = rep.get(key)
             if not b:
                 continue
-            parts = [f"{k} {b[k]}" for k in ("invalid_box", "duplicate_box", "unparseable_name", "outside_frame",
-                                             "clipped", "small_box", "frames_not_found") if b.get(k)]
+            parts = [f"{k} {b[k]}" for k in ("invalid_box", "duplicate_box", "unparseable_name", "wrong_camera",
+                                             "outside_frame", "clipped", "small_box", "frames_not_found") if b.get(k)]
             lines.append(f"  {what} box rows: {b['rows']} rows, {b['frames']} frames with a valid box"
                          + (f"; {', '.join(parts)}" if parts else "; no problems"))
-            for k in ("invalid_box", "duplicate_box", "unparseable_name", "outside_frame", "clipped", "small_box",
-                      "frames_not_found"):
+            for k in ("invalid_box", "duplicate_box", "unparseable_name", "wrong_camera", "outside_frame", "clipped",
+                      "small_box", "frames_not_found"):
                 if b.get(k):
                     lines.append(f"    {k}: {', '.join(map(str, b['examples'].get(k, [])[:N_SHOWN]))}"
                                  + (" ..." if b[k] > N_SHOWN else ""))
@@ -282,6 +282,15 @@ def _full_summary(c: DatasetCheck) -> str:
                      f"{rep.get('duplicate_visits_conflicting_labels', 0)} with another label), "
                      f"{rep.get('labels_normalised', 0)} label values normalised, empty feature columns dropped: "
                      f"{rep.get('empty_columns_dropped') or 'none'}")
+        ph = {c: sum(v.values()) for c, v in rep.get("placeholders_read_as_missing", {}).items()}
+        if ph:
+            lines.append(f"  placeholders read as missing (per column): {', '.join(f'{c} {n}' for c, n in ph.items())}")
+        text_cols = rep.get("column_types", {}).get("text", [])
+        lines.append(f"  text (categorical) feature columns: {', '.join(text_cols) if text_cols else 'none'}")
+        cm = rep.get("case_insensitive_matches", {})
+        if cm.get("count"):
+            lines.append(f"  file names matched only when letter case is ignored: {cm['count']}, e.g. "
+                         f"{', '.join(cm['examples'][:3])}")
         mv = rep.get("missing_values", {})
         cols, n_rows = mv.get("columns", {}), max(1, mv.get("n_rows", 0))
         if cols:
