@@ -1,7 +1,10 @@
 """DFU adapter: the raw on-disk layout (DATA_FORMAT.md) -> a Manifest.
 
 Inputs (names from DataConfig): metadata.csv, the two bounding-box CSVs and the four image
-folders depth_rgb / depth_map / thermal_rgb / thermal_map.
+folders depth_rgb / depth_map / thermal_rgb / thermal_map. The CSVs are read by tables.py
+(separator, duplicated or unnamed columns), metadata.py (keys, labels, typed features; leaks
+by content in features.py) and boxes.py; names.py parses file names; matching.py joins names
+(letter case ignored when that is the only difference) and diagnoses an empty result.
 
 Choices made here (each one is counted in `manifest.report` and logged; docs/data_problems.md
 lists every message):
@@ -45,8 +48,6 @@ counted in the report with the first few names, and logged):
 from __future__ import annotations
 
 import logging
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,26 +56,13 @@ import pandas as pd
 from medfusion.config import DataConfig
 from medfusion.constants import CLASSES, IMAGE_MODALITIES
 from medfusion.data.images import UNREADABLE_REASONS, UnreadableFrame, probe_frame
-from medfusion.data.features import check_label_leaks, type_columns
 from medfusion.data.manifest import BOX_FIELDS, Manifest
 from medfusion.data.matching import CaseLookup, CaseMatches, check_box_roles, diagnose_no_samples, list_other_files
-from medfusion.data.tables import read_table
+from medfusion.data.boxes import BOX_COLUMNS, BOX_ROW_PROBLEMS, MIN_BOX_SIDE, read_boxes  # noqa: F401 (re-exported)
+from medfusion.data.metadata import (DEFAULT_LABEL_COLUMN, KEY_COLUMNS, LEAKY_COLUMNS, blank,  # noqa: F401
+                                     NON_FEATURE_COLUMNS, read_metadata)
+from medfusion.data.names import N_EXAMPLES, FrameKey, Skips, parse_frame_name  # noqa: F401 (re-exported)
 
-LEAKY_COLUMNS = ("Healing Phase", "Phase Confidence (%)")
-DEFAULT_LABEL_COLUMN = "Healing Phase Abs"
-NON_FEATURE_COLUMNS = (
-    "ID",
-    "Patient#",
-    "Appt#",
-    "DFU#",
-    "Appt Days",
-    "Location",
-    "Type of Pain",
-    "Type of Pain2",
-    DEFAULT_LABEL_COLUMN,
-) + LEAKY_COLUMNS
-KEY_COLUMNS = ("Patient#", "Appt#", "DFU#")
-BOX_COLUMNS = ("Filename", "Bounding Box Number", "Xmin", "Ymin", "Xmax", "Ymax")
 MATCH_RULES = ("exact", "relax_angle", "relax_zoom", "relax_debridement")
 # why a depth frame (or a thermal candidate) was not used; each frame counts once, under the
 # first reason in this order
@@ -89,300 +77,9 @@ SKIP_REASONS = (
     "box_outside_frame",
     "no_thermal_frame",
 )
-BOX_ROW_PROBLEMS = ("missing_coordinate", "inverted_box", "zero_area_box", "negative_box", "bad_box_number")
-MIN_BOX_SIDE = 8  # px; smaller boxes are kept but counted and warned about
-N_EXAMPLES = 5
-LABEL_INDEX = {c: i for i, c in enumerate(CLASSES)}
-
-_NAME_RE = re.compile(r"^(\d+)_P(\d{3})(\d{2})(\d)([BA])([DT])([RML])([ZW])\.png$", re.IGNORECASE)
 
 
-@dataclass(frozen=True)
-class FrameKey:
-    """The fields of an image file name `{random}_P{patient:3d}{appt:2d}{dfu}{B|A}{D|T}{R|M|L}{Z|W}.png`."""
-
-    patient: int
-    appt: int
-    dfu: int
-    debridement: str  # "B" | "A"
-    camera: str  # "D" | "T"
-    angle: str  # "R" | "M" | "L"
-    zoom: str  # "Z" | "W"
-    random_number: int = 0
-
-    @property
-    def visit(self) -> tuple[int, int, int]:
-        return (self.patient, self.appt, self.dfu)
-
-    @property
-    def view(self) -> tuple[str, str, str]:
-        return (self.debridement, self.angle, self.zoom)
-
-    @property
-    def view_id(self) -> str:
-        """e.g. 'P0070012AMW' (camera letter left out)."""
-        return f"P{self.patient:03d}{self.appt:02d}{self.dfu}{self.debridement}{self.angle}{self.zoom}"
-
-
-def parse_frame_name(name: str) -> FrameKey:
-    """Parse an image file name (a bare name or a path); ValueError on anything else."""
-    base = Path(str(name).strip()).name
-    m = _NAME_RE.match(base)
-    if not m:
-        raise ValueError(
-            f"image file name {base!r} does not follow "
-            "'{random}_P{patient:3d}{appt:2d}{dfu:1d}{B|A}{D|T}{R|M|L}{Z|W}.png' (e.g. '10_P257001ADMW.png')"
-        )
-    rnd, pat, appt, dfu, deb, cam, ang, zoom = m.groups()
-    return FrameKey(int(pat), int(appt), int(dfu), deb.upper(), cam.upper(), ang.upper(), zoom.upper(), int(rnd))
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-class _Skips:
-    def __init__(self):
-        self.data: dict[str, dict] = {}
-
-    def add(self, reason: str, example: str) -> None:
-        entry = self.data.setdefault(reason, {"count": 0, "examples": []})
-        entry["count"] += 1
-        if len(entry["examples"]) < N_EXAMPLES:
-            entry["examples"].append(example)
-
-    def count(self, reason: str) -> int:
-        return self.data.get(reason, {}).get("count", 0)
-
-
-def _is_missing(v) -> bool:
-    if v is None or v is pd.NA:
-        return True
-    try:
-        return bool(pd.isna(v))
-    except (TypeError, ValueError):
-        return False
-
-
-def _int_column(df: pd.DataFrame, col: str, path: Path) -> np.ndarray:
-    vals = pd.to_numeric(df[col].astype("string").str.strip(), errors="coerce")
-    bad = vals.isna() | (vals.fillna(0) % 1 != 0)
-    if bad.any():
-        i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise ValueError(
-            f"{str(path)!r}: row {i + 1} (line {i + 2} counting the header) has {col}={df[col].iloc[i]!r}; "
-            f"expected an integer ({int(bad.sum())} row(s) affected). Fill in or delete the row."
-        )
-    return vals.to_numpy().astype(np.int64)
-
-
-def _blank(series: pd.Series) -> pd.Series:
-    """True where a value is missing or only whitespace."""
-    return series.isna() | series.astype("string").str.strip().fillna("").eq("")
-
-
-def _parse_labels(df: pd.DataFrame, label_column: str, path: Path, log: logging.Logger, report: dict) -> np.ndarray:
-    labels, bad, normalised = [], [], []
-    for i, v in enumerate(df[label_column].tolist()):
-        text = "" if _is_missing(v) else str(v)
-        s = text.strip().upper()
-        if s not in LABEL_INDEX:
-            bad.append((i, text))
-            labels.append(-1)
-            continue
-        if s != text:
-            normalised.append((i, text, s))
-        labels.append(LABEL_INDEX[s])
-    if bad:
-        listed = "; ".join(f"row {i + 1} (line {i + 2} counting the header) has {label_column}={t!r}"
-                           + (" (empty)" if not t.strip() else "") for i, t in bad[:N_EXAMPLES])
-        more = f" and {len(bad) - N_EXAMPLES} more" if len(bad) > N_EXAMPLES else ""
-        raise ValueError(
-            f"{str(path)!r}: {len(bad)} row(s) have a {label_column} value that is not one of {', '.join(CLASSES)}: "
-            f"{listed}{more}. Empty and unknown labels are never guessed: correct these rows or delete them "
-            "(lower case and surrounding spaces are accepted)."
-        )
-    if normalised:
-        log.warning("%s: %d %s value(s) normalised (surrounding spaces / lower case), e.g. %s", path.name,
-                    len(normalised), label_column,
-                    ", ".join(f"row {i + 1} {t!r} -> {s!r}" for i, t, s in normalised[:N_EXAMPLES]))
-    report["labels_normalised"] = len(normalised)
-    return np.asarray(labels, dtype=np.int64)
-
-
-def _select_features(df: pd.DataFrame, path: Path, data_cfg: DataConfig, log: logging.Logger, report: dict) -> list:
-    label_column = data_cfg.label_column
-    # compared ignoring letter case: 'healing phase' is as label-derived as 'Healing Phase'
-    excluded_cf = {c.casefold() for c in (*NON_FEATURE_COLUMNS, label_column, "__label")}
-    leaky_cf = {c.casefold() for c in (*LEAKY_COLUMNS, label_column)}
-    columns = [c for c in df.columns if c != "__label"]
-    excluded = {c for c in columns if c.casefold() in excluded_cf}
-    eligible = [c for c in columns if c not in excluded]
-    leaky = set(LEAKY_COLUMNS) | {label_column} | {c for c in columns if c.casefold() in leaky_cf}
-
-    def listing(cols):
-        return ", ".join(repr(c) for c in cols)
-
-    requested = [str(c).strip() for c in (getattr(data_cfg, "feature_columns", ()) or ())]
-    for c in requested:
-        if c in leaky or c.casefold() in leaky_cf:
-            raise ValueError(
-                f"data.feature_columns requests {c!r}, which is {'the label' if c == label_column else 'derived from the label'}"
-                f" and would leak it into the features; remove it (never usable: {listing(sorted(leaky))})"
-            )
-        if c not in columns:
-            raise ValueError(
-                f"data.feature_columns requests {c!r}, which is not a column of {str(path)!r}; "
-                f"available feature columns: {listing(eligible)}"
-            )
-    for c in getattr(data_cfg, "exclude_columns", ()) or ():
-        if str(c).strip() not in columns:
-            raise ValueError(
-                f"data.exclude_columns names {str(c).strip()!r}, which is not a column of {str(path)!r}; "
-                f"available feature columns: {listing(eligible)}"
-            )
-    if requested:
-        features = list(dict.fromkeys(requested))
-        extra = [c for c in features if c in excluded]
-        if extra:
-            log.warning("%s: data.feature_columns includes identifier/free-text column(s) %s that are not "
-                        "features by default", path.name, extra)
-    else:
-        features = eligible
-    exclude = {str(c).strip() for c in (getattr(data_cfg, "exclude_columns", ()) or ())}
-    features = [c for c in features if c not in exclude]
-    empty = [c for c in features if _blank(df[c]).all()]
-    if empty:
-        (log.warning if requested else log.info)(
-            "%s: %d entirely empty column(s) dropped from the features: %s", path.name, len(empty), empty)
-    features = [c for c in features if c not in empty]
-    report["empty_columns_dropped"] = empty
-    report["feature_columns"] = {"n": len(features), "requested": requested, "excluded": sorted(exclude)}
-    if not features:
-        log.warning("%s: no metadata feature columns remain (check data.feature_columns / data.exclude_columns)",
-                    path.name)
-    return features
-
-
-def _read_metadata(path: Path, data_cfg: DataConfig, log: logging.Logger, report: dict):
-    label_column = data_cfg.label_column
-    table = read_table(path, "metadata", list(KEY_COLUMNS) + [label_column], log)
-    df = table.frame
-    report["metadata_separator"] = table.separator
-    if not len(df):
-        raise ValueError(f"metadata file {str(path)!r} has a header but no rows; it needs one row per wound visit")
-    for c in KEY_COLUMNS:
-        df[c] = _int_column(df, c, path)
-    df["__label"] = _parse_labels(df, label_column, path, log, report)
-
-    dup = df.duplicated(list(KEY_COLUMNS), keep="first")
-    n_dup = int(dup.sum())
-    dup_keys = [tuple(int(x) for x in k) for k in df.loc[dup, list(KEY_COLUMNS)].to_numpy()[:N_EXAMPLES]]
-    conflicts = 0
-    if n_dup:
-        first_label = df.loc[~dup].set_index(list(KEY_COLUMNS))["__label"]
-        for key, lab in zip(df.loc[dup, list(KEY_COLUMNS)].itertuples(index=False), df.loc[dup, "__label"]):
-            conflicts += int(first_label.loc[tuple(key)] != lab)
-        log.warning(
-            "%s: %d duplicated visit key(s) (Patient#, Appt#, DFU#) dropped, first row kept "
-            "(%d with a different label than the kept row); e.g. %s",
-            path.name, n_dup, conflicts, dup_keys,
-        )
-        df = df.loc[~dup].reset_index(drop=True)
-    report["duplicate_visits"] = n_dup
-    report["duplicate_visit_keys"] = [list(k) for k in dup_keys]
-    report["duplicate_visits_conflicting_labels"] = conflicts
-    features = _select_features(df, path, data_cfg, log, report)
-    type_columns(df, features, path, table.separator, log, report)
-    check_label_leaks(df, features, df["__label"].to_numpy(), label_column, path)
-    return df, features
-
-
-def _box_problem(c: np.ndarray) -> str | None:
-    if np.isnan(c).any():
-        return "missing_coordinate"
-    if c[2] < c[0] or c[3] < c[1]:
-        return "inverted_box"
-    if c[2] == c[0] or c[3] == c[1]:
-        return "zero_area_box"
-    if c[2] <= 0 or c[3] <= 0:
-        return "negative_box"
-    return None
-
-
-def _coordinates(df: pd.DataFrame, sep: str) -> np.ndarray:
-    cols = df[["Xmin", "Ymin", "Xmax", "Ymax"]].apply(lambda c: c.str.strip())
-    if sep != ",":  # a ';'-separated export may write decimal commas
-        cols = cols.apply(lambda c: c.str.replace(",", ".", regex=False))
-    return cols.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
-
-
-def _box_numbers(df: pd.DataFrame) -> list:
-    """Box numbers; an empty cell is box 1, anything but a whole number is None (the row is skipped)."""
-    raw = df["Bounding Box Number"].str.strip()
-    nums = pd.to_numeric(raw.where(raw.ne(""), "1"), errors="coerce")
-    return [int(v) if pd.notna(v) and float(v).is_integer() else None for v in nums]
-
-
-def _read_boxes(path: Path, what: str, camera: str, log: logging.Logger, report_key: str, report: dict):
-    """file name -> {box_number: (xmin, ymin, xmax, ymax)}, and file name -> {box_number: CSV row}.
-
-    Bad rows are counted by kind (BOX_ROW_PROBLEMS, their sum as `invalid_box`), named by row. Rows naming
-    a frame of the other camera (`camera` is the letter this file's frames must carry) are `wrong_camera`.
-    """
-    table = read_table(path, what, BOX_COLUMNS, log)
-    df = table.frame
-    out: dict[str, dict[int, tuple]] = {}
-    rows_of: dict[str, dict[int, int]] = {}
-    skips = _Skips()
-    named = set()  # every parseable file name that has at least one row
-    names = df["Filename"].str.strip().tolist()
-    nums = _box_numbers(df)
-    coords = _coordinates(df, table.separator)
-    for i, (name, num, c) in enumerate(zip(names, nums, coords)):
-        base = Path(name).name
-        try:
-            key = parse_frame_name(base)
-        except ValueError:
-            skips.add("unparseable_name", f"{base!r} (row {i + 1})")
-            continue
-        if key.camera != camera:
-            skips.add("wrong_camera", f"{base} (row {i + 1})")
-            continue
-        named.add(base)
-        problem = "bad_box_number" if num is None else _box_problem(c)
-        if problem:
-            shown = [None if np.isnan(v) else (int(v) if float(v).is_integer() else float(v)) for v in c]
-            shown_num = df["Bounding Box Number"].iat[i] if num is None else num
-            example = f"{base}#{shown_num} (row {i + 1}: {shown})"
-            skips.add(problem, example)
-            skips.add("invalid_box", f"{example} {problem}")
-            continue
-        boxes = out.setdefault(base, {})
-        if num in boxes:
-            skips.add("duplicate_box", f"{base}#{num} (row {i + 1})")
-            continue
-        boxes[num] = tuple(int(round(v)) for v in c)
-        rows_of.setdefault(base, {})[num] = i + 1
-        if min(c[2] - c[0], c[3] - c[1]) < MIN_BOX_SIDE:
-            skips.add("small_box", f"{base}#{num} (row {i + 1}: {int(c[2] - c[0])}x{int(c[3] - c[1])} px)")
-    for k in ("invalid_box", "unparseable_name", "duplicate_box", "wrong_camera"):
-        if skips.count(k):
-            log.warning("%s: %d row(s) dropped (%s), e.g. %s", path.name, skips.count(k), k, skips.data[k]["examples"])
-    if skips.count("small_box"):
-        log.warning("%s: %d box(es) smaller than %d px on a side kept (their crops are mostly upscaled), e.g. %s",
-                    path.name, skips.count("small_box"), MIN_BOX_SIDE, skips.data["small_box"]["examples"])
-    counts = {"rows": len(df), "file": path.name}
-    for k in ("invalid_box", *BOX_ROW_PROBLEMS, "unparseable_name", "duplicate_box", "small_box", "wrong_camera"):
-        counts[k] = skips.count(k)
-    report[report_key] = {
-        **counts,
-        "frames": len(out),
-        "examples": {k: v["examples"] for k, v in skips.data.items()},
-    }
-    return out, rows_of, named
-
-
-def _list_frames(folder: Path, camera: str, skips: _Skips | None) -> tuple[dict[str, FrameKey], set]:
+def _list_frames(folder: Path, camera: str, skips: Skips | None) -> tuple[dict[str, FrameKey], set]:
     if not folder.is_dir():
         raise FileNotFoundError(
             f"image folder {str(folder)!r} not found; check data.data_dir and data.folders in the data config"
@@ -428,7 +125,7 @@ class _FrameChecks:
         self.root = root
         self.max_pixels = max_pixels
         self.sizes: dict[str, tuple | None] = {}
-        self.unreadable = _Skips()
+        self.unreadable = Skips()
         self.first_message: dict[str, str] = {}
         self.box_state: dict[tuple, str] = {}
 
@@ -465,7 +162,7 @@ class _FrameChecks:
         return state
 
 
-def _fit_boxes(name, boxes, rows, paths, checks: _FrameChecks, box_skips: _Skips) -> dict:
+def _fit_boxes(name, boxes, rows, paths, checks: _FrameChecks, box_skips: Skips) -> dict:
     """The boxes of one frame that lie at least partly inside every one of its frames (rgb and map)."""
     kept = {}
     for num in sorted(boxes):
@@ -519,21 +216,21 @@ def load_dfu(data_dir, data_cfg: DataConfig, log: logging.Logger | None = None) 
     report: dict = {}
 
     meta_path = root / data_cfg.metadata_csv
-    meta, features = _read_metadata(meta_path, data_cfg, log, report)
+    meta, features = read_metadata(meta_path, data_cfg, log, report)
     visits = {tuple(int(x) for x in k): i for i, k in enumerate(meta[list(KEY_COLUMNS)].to_numpy())}
 
     depth_csv, thermal_csv = root / data_cfg.depth_boxes_csv, root / data_cfg.thermal_boxes_csv
-    depth_boxes, depth_rows, depth_named = _read_boxes(depth_csv, "depth bounding-box", "D", log, "depth_boxes", report)
-    thermal_boxes, thermal_rows, thermal_named = _read_boxes(
+    depth_boxes, depth_rows, depth_named = read_boxes(depth_csv, "depth bounding-box", "D", log, "depth_boxes", report)
+    thermal_boxes, thermal_rows, thermal_named = read_boxes(
         thermal_csv, "thermal bounding-box", "T", log, "thermal_boxes", report)
     check_box_roles(report, depth_csv, thermal_csv)
 
-    skips = _Skips()
+    skips = Skips()
     depth_frames, depth_present = _list_frames(folders["depth_rgb"], "D", skips)
-    thermal_skips = _Skips()
+    thermal_skips = Skips()
     thermal_frames, thermal_present = _list_frames(folders["thermal_rgb"], "T", thermal_skips)
     checks = _FrameChecks(root, data_cfg.max_frame_pixels)
-    depth_box_skips, thermal_box_skips = _Skips(), _Skips()
+    depth_box_skips, thermal_box_skips = Skips(), Skips()
     case = CaseMatches()
     maps = {m: CaseLookup(p.name for p in folders[m].iterdir() if p.is_file()) for m in ("depth_map", "thermal_map")}
 
@@ -696,7 +393,7 @@ def load_dfu(data_dir, data_cfg: DataConfig, log: logging.Logger | None = None) 
 
     # missing values of the feature columns over the metadata rows the samples use
     used_meta = meta.iloc[used_meta_rows]
-    missing = {c: int(_blank(used_meta[c]).sum()) for c in features}
+    missing = {c: int(blank(used_meta[c]).sum()) for c in features}
     missing = dict(sorted(((c, n) for c, n in missing.items() if n), key=lambda kv: (-kv[1], kv[0])))
     # frame sizes (from the image headers) per modality over the frames the samples use
     frame_sizes = {}
