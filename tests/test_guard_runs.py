@@ -179,3 +179,61 @@ def test_fresh_resume_keeps_the_damaged_folder_aside(tmp_path, dataset):
     assert len(aside) == 1 and (aside[0] / "folds.json").read_text() == "{"
     assert sorted(p.name for p in run.iterdir()) == ["config.yaml"]
     check_run_folder(run)  # the new folder reads back
+
+
+# ----------------------------------------------------------------------------- damaged cache and checkpoints
+
+
+def _stage_folder(folder: Path, done_json: str, npz: bytes | None = None) -> Path:
+    import numpy as np
+
+    folder.mkdir(parents=True)
+    (folder / "done.json").write_text(done_json)
+    if npz is None:
+        np.savez(folder / "final.npz", model__00000=np.arange(6.0))
+    else:
+        (folder / "final.npz").write_bytes(npz)
+    return folder
+
+
+@pytest.mark.parametrize("done_json,npz,fragment", [
+    ("{", None, "done.json: JSONDecodeError"),
+    ('{"best_epoch": 2}', b"PK\x03\x04 cut", "final.npz: BadZipFile"),
+])
+def test_damaged_pretraining_cache_entry_is_moved_aside_not_trusted(tmp_path, caplog, done_json, npz, fragment):
+    from medfusion.runs import stage_folder_problem
+    from medfusion.search import Search
+
+    cache = tmp_path / "logs" / PRETRAIN_CACHE_DIR
+    good = _stage_folder(cache / "aaaaaaaaaaaaaaaa", '{"best_epoch": 2}')
+    bad = _stage_folder(cache / "bbbbbbbbbbbbbbbb", done_json, npz)
+    assert stage_folder_problem(good) is None and fragment in stage_folder_problem(bad)
+    with caplog.at_level("WARNING", logger="medfusion"):
+        Search._set_aside_if_damaged(good, "pre-training cache entry")
+        Search._set_aside_if_damaged(bad, "pre-training cache entry")
+    assert good.is_dir() and not bad.exists()
+    aside = [p for p in cache.iterdir() if p.name.startswith("bbbbbbbbbbbbbbbb.damaged-")]
+    assert len(aside) == 1 and (aside[0] / "done.json").read_text() == done_json  # kept, not deleted
+    assert f"pre-training cache entry {bad} is damaged ({fragment}" in caplog.text
+
+
+def test_rescoring_from_an_edited_prediction_file_names_it(tmp_path):
+    from medfusion.search import Search
+
+    cfg = load_config(DEMO, {"runtime.logs_dir": str(tmp_path / "logs"), "runtime.run_name": "r",
+                             "runtime.resume_mode": "from_predictions"})
+    run = _run_folder(tmp_path, cfg)
+    pred = run / "predictions" / "metadata" / "fold_0.csv"
+    pred.parent.mkdir(parents=True)
+    pred.write_text("sample_id,patient,y_true,p_I,p_P,p_R\nP001001AMW_1,1,0,0.7,0.2,0.1\n")
+    (run / "jobs" / "metadata").mkdir(parents=True)
+    (run / "jobs" / "metadata" / "fold_0.json").write_text('{"combination": "metadata", "fold": 0}')
+    search = Search(cfg, None)
+    search.state = RunState(run)
+    search.state.mark_done("metadata", 0, ["predictions/metadata/fold_0.csv", "jobs/metadata/fold_0.json"])
+    pred.write_text("sample_id,patient,y_true\nP001001AMW_1,1,0\n")  # edited by hand afterwards
+    with pytest.raises(RunFolderError) as exc:
+        search.rescore_from_predictions()
+    msg = str(exc.value)
+    assert "predictions/metadata/fold_0.csv does not match its recorded checksum" in msg
+    assert "--resume_mode auto" in msg and "--resume_mode fresh" in msg

@@ -338,3 +338,38 @@ def read_run_arrays(path: Path, loader):
         return loader(path)
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
         raise _damaged(path, f"is not a readable array file ({type(exc).__name__}: {exc})") from None
+
+
+def stage_folder_problem(folder: Path) -> str | None:
+    """What makes a checkpoint or pre-training cache folder unreadable (a file cut short, edited), or None.
+
+    Reads every .json and checks every .npz's CRCs, so a damaged entry is found before it is trusted.
+    """
+    import zipfile
+
+    for p in sorted(Path(folder).rglob("*")):
+        if p.name.startswith(".") or not p.is_file():
+            continue  # our temporaries; remove_stale_temporaries deals with them
+        try:
+            if p.suffix == ".json":
+                json.loads(p.read_text(encoding="utf-8"))
+            elif p.suffix == ".npz":
+                with zipfile.ZipFile(p) as z:
+                    bad = z.testzip()
+                if bad:
+                    return f"{p.relative_to(folder)}: member {bad} fails its checksum"
+        except (ValueError, OSError, zipfile.BadZipFile) as exc:
+            return f"{p.relative_to(folder)}: {type(exc).__name__}: {exc}"
+    return None
+
+
+def set_aside(folder: Path, tag: str = "damaged") -> Path:
+    """Rename a folder to '<name>.<tag>-<timestamp>' beside it (nothing is deleted); returns the new path."""
+    folder = Path(folder)
+    aside = folder.with_name(f"{folder.name}.{tag}-{time.strftime('%Y%m%d-%H%M%S')}")
+    n = 1
+    while aside.exists():
+        aside = folder.with_name(f"{folder.name}.{tag}-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
+        n += 1
+    folder.rename(aside)
+    return aside

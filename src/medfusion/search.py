@@ -32,7 +32,7 @@ from medfusion.models.metrics import score_predictions
 from medfusion.runs import (FileLog, RunState, atomic_write_csv, atomic_write_json, atomic_write_text, crash_point,
                             prepare_run_dir, remove_stale_temporaries)
 from medfusion.runs import (RunFolderError, check_run_folder, folds_problem, read_run_arrays, read_run_csv,
-                            read_run_json, read_run_yaml)
+                            read_run_json, read_run_yaml, set_aside, stage_folder_problem)
 from medfusion.training.stages import (backbone_snapshot, predict, relative_change, run_stage,
                                        set_backbones_trainable)
 from medfusion.training.checkpoint import StageCheckpoint, load_arrays, save_arrays
@@ -315,11 +315,21 @@ class Search:
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
+    @staticmethod
+    def _set_aside_if_damaged(folder: Path, what: str) -> None:
+        """A checkpoint or cache folder with a file that cannot be read is moved aside and computed again."""
+        problem = stage_folder_problem(folder) if folder.is_dir() else None
+        if problem:
+            aside = set_aside(folder)
+            log.warning("%s %s is damaged (%s): moved aside to %s (nothing deleted); computing it again",
+                        what, folder, problem, aside)
+
     def pretrain(self, k, modality, tr, va, seed):
         from medfusion.models.fusion import build_pretrain_model
 
         cfg = self.cfg
         key = self.pretrain_key(modality, tr, va, seed)
+        self._set_aside_if_damaged(self.cache_dir / key, "pre-training cache entry")
         ckpt = StageCheckpoint(self.cache_dir / key)
         reused = ckpt.completed() is not None
         log.info("--- fold %d pre-training %s: cache key %s (%s)", k, modality, key,
@@ -345,6 +355,7 @@ class Search:
         has_meta = "metadata" in combo.split("+")
         y = self.manifest.labels
         ckpt_dir = self.run_dir / "checkpoints" / combo / f"fold_{k}"
+        self._set_aside_if_damaged(ckpt_dir, "checkpoint folder")
         keras.utils.set_random_seed(seed)
         with self.strategy.scope():
             model = build_fusion_model(combo, cfg.model, cfg.data.image_size)
@@ -428,6 +439,11 @@ class Search:
         """--resume_mode from_predictions: metrics recomputed from the prediction files alone."""
         for rec in self.state.done_jobs():
             combo, k = rec["combination"], rec["fold"]
+            why = self.state.problem(combo, k, only=("predictions/", "jobs/"))
+            if why is not None:
+                raise RunFolderError(f"cannot rescore job {combo} fold {k} from its files: {why}. Continue the run "
+                                     "with --resume_mode auto (the job is redone), or use --resume_mode fresh or a "
+                                     "new --run_name.")
             job_path = self.run_dir / "jobs" / combo / f"fold_{k}.json"
             pred = read_run_csv(self.run_dir / "predictions" / combo / f"fold_{k}.csv")
             job = read_run_json(job_path)

@@ -193,3 +193,23 @@ def test_check_data_summary_shows_case_matches_placeholders_and_text_columns(tmp
     assert "placeholders read as missing (per column): Age 1" in summary
     assert "text (categorical) feature columns: Sex (F:0, M:1)" in summary
     assert "file names matched only when letter case is ignored: 1, e.g. 1_P003001ADMW.PNG ~ 1_P003001ADMW.png" in summary
+
+
+def test_normalised_box_coordinates_are_refused(tmp_path):
+    root = _layout(tmp_path)
+    p = root / "bounding_boxes_thermal.csv"
+    p.write_text(p.read_text().replace(",10,10,30,30", ",0.15,0.2,0.45,0.62"))
+    with pytest.raises(ValueError) as exc:
+        load_dfu(root, DataConfig())
+    msg = str(exc.value)
+    assert "bounding_boxes_thermal.csv" in msg and "row 1: [0.15, 0.2, 0.45, 0.62]" in msg and "pixel coordinates" in msg
+
+
+def test_box_with_no_width_left_after_rounding_is_a_zero_area_skip(tmp_path):
+    root = _layout(tmp_path)
+    p = root / "bounding_boxes_depth.csv"
+    lines = p.read_text().splitlines()
+    lines[1] = lines[1].replace(",10,10,30,30", ",10.2,10,10.4,30")
+    p.write_text("\n".join(lines) + "\n")
+    man = load_dfu(root, DataConfig())
+    assert man.report["depth_boxes"]["zero_area_box"] == 1 and len(man) == 2

@@ -35,6 +35,17 @@ def _coordinates(df: pd.DataFrame, sep: str) -> np.ndarray:
     return cols.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
 
 
+def _refuse_normalised(coords: np.ndarray, path: Path) -> None:
+    """Boxes in 0..1 are fractions of the frame (YOLO style): rounded to pixels they vanish or become 1 px."""
+    finite = coords[np.isfinite(coords)]
+    if finite.size and finite.max() <= 1.0 and (finite % 1 != 0).any():
+        i = int(np.flatnonzero(np.isfinite(coords).all(axis=1))[0]) if np.isfinite(coords).all(axis=1).any() else 0
+        raise ValueError(
+            f"{str(path)!r}: every coordinate lies between 0 and 1 (row {i + 1}: {coords[i].tolist()}): the boxes look "
+            "normalised to the frame size, but medfusion needs pixel coordinates (Xmin, Ymin, Xmax, Ymax in pixels). "
+            "Multiply by each frame's width and height.")
+
+
 def _box_numbers(df: pd.DataFrame) -> list:
     """Box numbers; an empty cell is box 1, anything but a whole number is None (the row is skipped)."""
     raw = df["Bounding Box Number"].str.strip()
@@ -57,6 +68,7 @@ def read_boxes(path: Path, what: str, camera: str, log: logging.Logger, report_k
     names = df["Filename"].str.strip().tolist()
     nums = _box_numbers(df)
     coords = _coordinates(df, table.separator)
+    _refuse_normalised(coords, path)
     for i, (name, num, c) in enumerate(zip(names, nums, coords)):
         base = Path(name).name
         try:
@@ -68,7 +80,8 @@ def read_boxes(path: Path, what: str, camera: str, log: logging.Logger, report_k
             skips.add("wrong_camera", f"{base} (row {i + 1})")
             continue
         named.add(base)
-        problem = "bad_box_number" if num is None else _box_problem(c)
+        # checked again after rounding to pixels: (10.2, 5, 10.4, 9) has no width left
+        problem = "bad_box_number" if num is None else (_box_problem(c) or _box_problem(np.round(c)))
         if problem:
             shown = [None if np.isnan(v) else (int(v) if float(v).is_integer() else float(v)) for v in c]
             shown_num = df["Bounding Box Number"].iat[i] if num is None else num
