@@ -68,3 +68,11 @@ def test_a_dataset_file_named_oracle_csv_that_is_not_one_is_ignored(tmp_path, ca
     (tmp_path / "oracle.csv").write_text("a,b\n1,2\n")
     cfg = load_config(ROOT / "configs" / "demo.yaml", {"data.data_dir": str(tmp_path)})
     assert Search(cfg, None)._load_oracle() is None
+
+
+def test_two_modalities_reading_one_folder_are_refused():
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, {"data.folders": {"depth_map": "depth_rgb/"}})
+    assert "depth_rgb and depth_map both read the folder 'depth_rgb'" in str(exc.value)
+    with pytest.raises(ConfigError, match="both name 'boxes.csv'"):
+        load_config(None, {"data.depth_boxes_csv": "boxes.csv", "data.thermal_boxes_csv": "boxes.csv"})

@@ -340,6 +340,7 @@ def validate(cfg: Config) -> None:
     _check(d.max_frame_pixels >= 1, "data.max_frame_pixels", d.max_frame_pixels, "must be >= 1")
     unknown_folders = set(d.folders) - set(IMAGE_MODALITIES)
     _check(not unknown_folders, "data.folders", sorted(unknown_folders), f"keys must be among {IMAGE_MODALITIES}")
+    _check_distinct_inputs(d)
     _check_backbone(m.backbone)
     _check_weights(m.weights)
     _check(m.head_units >= 1, "model.head_units", m.head_units, "must be >= 1")
@@ -383,6 +384,19 @@ def validate(cfg: Config) -> None:
     _check(0 <= r.verbosity <= 3, "runtime.verbosity", r.verbosity, "must be 0-3")
     _check(r.resume_mode in RESUME_MODES, "runtime.resume_mode", r.resume_mode, f"one of {', '.join(RESUME_MODES)}")
     _check_run_name(r.run_name)
+
+
+def _check_distinct_inputs(d: DataConfig) -> None:
+    """Two modalities reading one folder (or the two box files one file) would silently train one on the other."""
+    folders = {m: str(d.folders.get(m, m)).strip().rstrip("/") for m in IMAGE_MODALITIES}
+    for i, a in enumerate(IMAGE_MODALITIES):
+        for b in IMAGE_MODALITIES[i + 1:]:
+            if folders[a] == folders[b]:
+                raise ConfigError(f"config key 'data.folders': {a} and {b} both read the folder {folders[a]!r}; "
+                                  "every image modality needs its own folder")
+    if str(d.depth_boxes_csv).strip() == str(d.thermal_boxes_csv).strip():
+        raise ConfigError(f"config keys 'data.depth_boxes_csv' and 'data.thermal_boxes_csv' both name "
+                          f"{d.depth_boxes_csv!r}; the depth and thermal boxes come from two files")
 
 
 def _check_run_name(name: str) -> None:
