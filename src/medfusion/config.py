@@ -30,6 +30,47 @@ class ConfigError(ValueError):
     """A config value or key a user must fix; the message names it."""
 
 
+# 16-bit map normalisation rules (data/maps.py; README "Map rules")
+MAP_RULES = ("relative", "absolute", "minmax_frame")
+# training augmentations (data/pipeline.py); `train.augment: true` (older configs) means ("flip",)
+AUGMENTATIONS = ("flip", "rotate", "shift", "zoom")
+
+
+@dataclass(frozen=True)
+class MapConfig:
+    """How one 16-bit map modality becomes a crop (data/maps.py). Physical unit: mm (depth), degC (thermal)."""
+
+    rule: str = "relative"  # relative | absolute | minmax_frame
+    scale: float = 1.0  # physical units per 16-bit step
+    window: float = 30.0  # relative: median of the skin ring +- window (physical units) -> [1, 255]
+    absolute_range: tuple = (0.0, 2000.0)  # absolute: [lo, hi] in physical units -> [1, 255]
+    invalid_value: Optional[int] = 0  # raw value meaning "no data" (none: every value is valid)
+    ring: float = 0.5  # skin ring: the box enlarged by this fraction of its width/height per side, minus the box
+    box_scale: tuple = (1.0, 1.0)  # (x, y) box scale about the map frame's centre, after the size-ratio mapping
+    box_margin_px: int = 0  # then the box is enlarged by this many map pixels per side
+
+
+@dataclass(frozen=True)
+class DepthMapConfig(MapConfig):
+    """depth_map defaults: millimetres, 0 = invalid, +-30 mm around the surrounding skin."""
+
+
+@dataclass(frozen=True)
+class ThermalMapConfig(MapConfig):
+    """thermal_map defaults: centi-degrees C, no invalid value, +-5 degC around the surrounding skin."""
+
+    scale: float = 0.01
+    window: float = 5.0
+    absolute_range: tuple = (20.0, 40.0)
+    invalid_value: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class MapsConfig:
+    depth_map: DepthMapConfig = field(default_factory=DepthMapConfig)
+    thermal_map: ThermalMapConfig = field(default_factory=ThermalMapConfig)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     data_dir: str = "data/demo"
@@ -50,6 +91,7 @@ class DataConfig:
     exclude_columns: tuple = ()  # dropped from the features (names must exist in the metadata file)
     # a frame whose header declares more pixels is skipped before decoding (100 MP: above any real camera here)
     max_frame_pixels: int = 100_000_000
+    maps: MapsConfig = field(default_factory=MapsConfig)  # 16-bit map rules and box transforms, per map modality
 
 
 @dataclass(frozen=True)
@@ -85,7 +127,7 @@ class TrainConfig:
     batch_size: int = 16  # per replica; the global batch is this times the replica count
     focal_gamma: float = 2.0
     max_alpha_ratio: float = 3.0  # cap on max/min focal alpha; 0 disables the cap (review flags it)
-    augment: bool = True
+    augment: tuple = ("flip",)  # any of AUGMENTATIONS; true = [flip], false = [] (older configs)
     pretrain: StageConfig = field(default_factory=lambda: StageConfig(epochs=30, lr=1e-3, patience=6))
     stage1: StageConfig = field(default_factory=lambda: StageConfig(epochs=30, lr=1e-3, patience=6))
     stage2: StageConfig = field(default_factory=lambda: StageConfig(epochs=15, lr=1e-5, patience=5))
@@ -140,6 +182,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             return None
         return _coerce(value, args[0], key)
+    if key == "train.augment":
+        return augment_list(value, key)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -341,6 +385,8 @@ def validate(cfg: Config) -> None:
     unknown_folders = set(d.folders) - set(IMAGE_MODALITIES)
     _check(not unknown_folders, "data.folders", sorted(unknown_folders), f"keys must be among {IMAGE_MODALITIES}")
     _check_distinct_inputs(d)
+    for mod in ("depth_map", "thermal_map"):
+        _check_map(getattr(d.maps, mod), f"data.maps.{mod}")
     _check_backbone(m.backbone)
     _check_weights(m.weights)
     _check(m.head_units >= 1, "model.head_units", m.head_units, "must be >= 1")
@@ -364,6 +410,7 @@ def validate(cfg: Config) -> None:
         _check(st.patience >= 1, f"train.{name}.patience", st.patience, "must be >= 1")
     _check(t.stage1.epochs >= 1, "train.stage1.epochs", t.stage1.epochs, "must be >= 1 (Stage 1 trains the fusion head)")
     unfreeze_layers(t.unfreeze)  # raises on a bad value
+    augment_list(t.augment, "train.augment")
     for mod in s.modalities:
         _check(mod in MODALITIES, "search.modalities", mod, f"valid modalities: {', '.join(MODALITIES)}")
     _check(len(s.modalities) >= 1, "search.modalities", s.modalities, "needs at least one modality")
@@ -397,6 +444,40 @@ def _check_distinct_inputs(d: DataConfig) -> None:
     if str(d.depth_boxes_csv).strip() == str(d.thermal_boxes_csv).strip():
         raise ConfigError(f"config keys 'data.depth_boxes_csv' and 'data.thermal_boxes_csv' both name "
                           f"{d.depth_boxes_csv!r}; the depth and thermal boxes come from two files")
+
+
+def augment_list(value: Any, key: str = "train.augment") -> tuple:
+    """train.augment as a tuple of AUGMENTATIONS; true/false (older configs and run folders) = (flip,) / ()."""
+    if isinstance(value, bool) or (isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no")):
+        return ("flip",) if str(value).strip().lower() in ("true", "yes") else ()
+    if value is None:
+        return ()
+    names = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)):
+        raise ConfigError(f"config key {key!r} must be a list of augmentations ({', '.join(AUGMENTATIONS)}) or "
+                          f"true/false, got {value!r}")
+    for n in names:
+        if n not in AUGMENTATIONS:
+            raise ConfigError(f"config key {key!r}: unknown augmentation {n!r}; valid: {', '.join(AUGMENTATIONS)} "
+                              "(true = [flip], false = [])")
+    return tuple(dict.fromkeys(names))
+
+
+def _check_map(mc: MapConfig, key: str) -> None:
+    """One map modality's rule, units and box transform (README 'Map rules')."""
+    _check(mc.rule in MAP_RULES, f"{key}.rule", mc.rule, f"one of {', '.join(MAP_RULES)}")
+    _check(mc.scale > 0, f"{key}.scale", mc.scale, "physical units per 16-bit step, > 0")
+    _check(mc.window > 0, f"{key}.window", mc.window, "> 0 (half-width of the window, physical units)")
+    r = mc.absolute_range
+    ok = len(r) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in r) and r[0] < r[1]
+    _check(ok, f"{key}.absolute_range", list(r), "[lo, hi] in physical units with lo < hi")
+    _check(mc.invalid_value is None or 0 <= mc.invalid_value <= 65535, f"{key}.invalid_value", mc.invalid_value,
+           "a raw 16-bit value (0..65535) or none")
+    _check(0 < mc.ring <= 5, f"{key}.ring", mc.ring, "in (0, 5]: fraction of the box size per side")
+    bs = mc.box_scale
+    ok = len(bs) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in bs)
+    _check(ok, f"{key}.box_scale", list(bs), "[x, y], two numbers > 0")
+    _check(mc.box_margin_px >= 0, f"{key}.box_margin_px", mc.box_margin_px, "must be >= 0")
 
 
 def _check_run_name(name: str) -> None:
@@ -446,6 +527,8 @@ def result_differences(saved: dict, cfg: Config) -> list[tuple[str, object, obje
     old, new = flatten(saved), flatten(config_to_dict(cfg))
     defaults = flatten(config_to_dict(Config()))
     old = {**{k: v for k, v in defaults.items() if k not in old}, **old}
+    if "train.augment" in old:  # `augment: true` of older runs is [flip]
+        old["train.augment"] = list(augment_list(old["train.augment"]))
     keys = sorted((set(old) | set(new)) - NON_RESULT_KEYS)
     return [(k, old.get(k, "<absent>"), new.get(k, "<absent>")) for k in keys if old.get(k, "<absent>") != new.get(k, "<absent>")]
 
