@@ -43,7 +43,8 @@ def write_boxes(root: Path, name: str, boxes, pad_patient: bool):
 def write_frame(path: Path, value=100, wh=(64, 48), depth16=False):
     w, h = wh
     if depth16:
-        img = np.full((h, w), 1000 + value, np.uint16)
+        # a gentle gradient: a constant map is a named skip (data/maps.py)
+        img = (1000 + value + np.arange(w)[None, :] + np.zeros((h, 1), int)).astype(np.uint16)
     else:
         img = np.full((h, w, 3), value, np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -170,8 +170,10 @@ def test_frame_sizes_are_reported_per_modality(tmp_path):
 def test_load_crops_names_sample_and_check_data_on_a_damaged_frame(tmp_path, monkeypatch):
     man = load_dfu(_layout(tmp_path), DataConfig())
     clear_crop_cache()
-    monkeypatch.setattr(images, "read_frame", lambda p: (_ for _ in ()).throw(
-        ValueError(f"image file {p!r} could not be decoded by OpenCV (corrupt or not an image)")))
+    broken = lambda p: (_ for _ in ()).throw(  # noqa: E731
+        ValueError(f"image file {p!r} could not be decoded by OpenCV (corrupt or not an image)"))
+    monkeypatch.setattr(images, "read_frame", broken)
+    monkeypatch.setattr(images, "read_map", broken)  # 16-bit maps are decoded as numbers
     with pytest.raises(ValueError) as exc:
         load_crops(man, "thermal_map", 16, 0.1)
     msg = str(exc.value)

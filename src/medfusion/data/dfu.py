@@ -21,7 +21,10 @@ lists every message):
   first file name in sorted order. Only thermal frames that have a usable box, a thermal_map
   file and readable rgb and map files are candidates.
 * The thermal box is the thermal frame's box with the same Bounding Box Number, else its
-  lowest-numbered box. Map frames use the box of their rgb frame.
+  lowest-numbered box. A map frame gets the box of its rgb frame mapped into the map's pixels
+  (size ratio, then `data.maps.<map>.box_scale` / `box_margin_px`; maps.map_box), counted and
+  logged; 16-bit maps are decoded once here and a box whose map cannot be normalised (no valid
+  pixel in the box or its skin ring, a constant map: maps.MAP_SKIP_REASONS) is SKIPPED, named.
 * Patient numbers in the box CSVs may be zero-padded or not; every join uses the integers
   parsed from the image file name, never the raw `Patient#` text.
 
@@ -47,6 +50,7 @@ counted in the report with the first few names, and logged):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -57,6 +61,7 @@ from medfusion.config import DataConfig
 from medfusion.constants import CLASSES, IMAGE_MODALITIES
 from medfusion.data.images import UNREADABLE_REASONS, UnreadableFrame, probe_frame
 from medfusion.data.manifest import BOX_FIELDS, Manifest
+from medfusion.data.maps import MAP_SKIP_REASONS, MapFrames
 from medfusion.data.matching import CaseLookup, CaseMatches, check_box_roles, diagnose_no_samples, list_other_files
 from medfusion.data.boxes import BOX_COLUMNS, BOX_ROW_PROBLEMS, MIN_BOX_SIDE, read_boxes  # noqa: F401 (re-exported)
 from medfusion.data.metadata import (DEFAULT_LABEL_COLUMN, KEY_COLUMNS, LEAKY_COLUMNS, blank,  # noqa: F401
@@ -75,6 +80,7 @@ SKIP_REASONS = (
     "missing_map_file",
     "unreadable_frame",
     "box_outside_frame",
+    *MAP_SKIP_REASONS,
     "no_thermal_frame",
 )
 
@@ -152,9 +158,10 @@ class _FrameChecks:
     def fit(self, box, paths) -> str:
         """'ok', 'clipped' (partly outside a frame) or 'outside' (entirely outside one of the frames)."""
         state = "ok"
+        w0, h0 = self.sizes[str(paths[0])]
         for p in paths:
-            w, h = self.sizes[str(p)]
-            xmin, ymin, xmax, ymax = box
+            w, h = self.sizes[str(p)]  # a map of another size: the box scaled by the size ratio
+            xmin, ymin, xmax, ymax = (v * s for v, s in zip(box, (w / w0, h / h0, w / w0, h / h0)))
             if xmax <= 0 or ymax <= 0 or xmin >= w or ymin >= h:
                 return "outside"
             if xmin < 0 or ymin < 0 or xmax > w or ymax > h:
@@ -230,6 +237,7 @@ def load_dfu(data_dir, data_cfg: DataConfig, log: logging.Logger | None = None) 
     thermal_skips = Skips()
     thermal_frames, thermal_present = _list_frames(folders["thermal_rgb"], "T", thermal_skips)
     checks = _FrameChecks(root, data_cfg.max_frame_pixels)
+    map_frames = MapFrames(data_cfg.maps, data_cfg.box_margin)
     depth_box_skips, thermal_box_skips = Skips(), Skips()
     case = CaseMatches()
     maps = {m: CaseLookup(p.name for p in folders[m].iterdir() if p.is_file()) for m in ("depth_map", "thermal_map")}
@@ -268,6 +276,10 @@ def load_dfu(data_dir, data_cfg: DataConfig, log: logging.Logger | None = None) 
         if not kept:
             thermal_skips.add("box_outside_frame", name)
             continue
+        kept, why = map_frames.keep("thermal_map", name, paths[1], kept, *(checks.sizes[str(p)] for p in paths))
+        if why:
+            thermal_skips.add(why, name)
+            continue
         usable_thermal_boxes[name] = kept
         thermal_map_name[name] = mname
         by_visit.setdefault(key.visit, []).append((name, key))
@@ -297,6 +309,10 @@ def load_dfu(data_dir, data_cfg: DataConfig, log: logging.Logger | None = None) 
         if not boxes:
             skips.add("box_outside_frame", name)
             continue
+        boxes, why = map_frames.keep("depth_map", name, paths[1], boxes, *(checks.sizes[str(p)] for p in paths))
+        if why:
+            skips.add(why, name)
+            continue
         rule, tname = _match_thermal(key, by_visit.get(key.visit, []))
         if rule is None:
             skips.add("no_thermal_frame", name)
@@ -304,8 +320,8 @@ def load_dfu(data_dir, data_cfg: DataConfig, log: logging.Logger | None = None) 
         used_thermal.add(tname)
         tboxes = usable_thermal_boxes[tname]
         for num in sorted(boxes):
-            tbox = tboxes.get(num, tboxes[min(tboxes)])
-            dbox = boxes[num]
+            tnum = num if num in tboxes else min(tboxes)
+            tbox, dbox = tboxes[tnum], boxes[num]
             row = {
                 "sample_id": f"{key.view_id}_{num}",
                 "patient": key.patient,
@@ -320,9 +336,9 @@ def load_dfu(data_dir, data_cfg: DataConfig, log: logging.Logger | None = None) 
             }
             for m, fname, box in (
                 ("depth_rgb", name, dbox),
-                ("depth_map", mname, dbox),
+                ("depth_map", mname, map_frames.box("depth_map", name, num)),
                 ("thermal_rgb", tname, tbox),
-                ("thermal_map", thermal_map_name[tname], tbox),
+                ("thermal_map", thermal_map_name[tname], map_frames.box("thermal_map", tname, tnum)),
             ):
                 row[f"{m}_path"] = str(folders[m] / fname)
                 for f, v in zip(BOX_FIELDS, box):
@@ -331,6 +347,8 @@ def load_dfu(data_dir, data_cfg: DataConfig, log: logging.Logger | None = None) 
             rule_counts[rule] += 1
 
     _check_appt_numbering(meta, depth_frames, meta_path, log, report)
+    report["map_boxes"] = map_frames.report(log)
+    report["maps"] = dataclasses.asdict(data_cfg.maps)  # read back by images.load_crops
     report["case_insensitive_matches"] = {"count": case.count, "examples": case.examples}
     if case.count:
         log.warning("%d file name(s) matched only when letter case is ignored (box rows vs image files, or rgb vs "

@@ -6,8 +6,10 @@ Every image leaves this module as uint8 RGB with values in [0, 255]; nothing her
 Conventions
 * A box is (xmin, ymin, xmax, ymax) in pixels, xmax/ymax exclusive: the box covers
   frame[ymin:ymax, xmin:xmax].
-* 16-bit single-channel frames (depth in mm, temperature) are min-max scaled per frame:
-  round((v - min) / (max - min) * 255); a constant frame becomes zeros.
+* `read_frame` (any frame; check_data decodes with it) min-max scales a 16-bit single-channel frame:
+  round((v - min) / (max - min) * 255); a constant frame becomes zeros. `load_crops` does not use
+  that for depth_map / thermal_map: 16-bit maps are read as numbers, cropped first and normalised
+  by the modality's rule (data/maps.py, `data.maps`); 8-bit maps take the read_frame path.
 * 16-bit colour frames are divided by 257 (rounded).
 
 Checking frames without decoding them (`probe_frame`)
@@ -35,6 +37,7 @@ import cv2
 import numpy as np
 
 from medfusion.data.manifest import BOX_FIELDS
+from medfusion.data.maps import MAP_MODALITIES, map_crop, maps_from_report, minmax_u8, read_map
 
 _CROP_CACHE: dict = {}
 
@@ -131,12 +134,7 @@ def clear_crop_cache() -> None:
     _CROP_CACHE.clear()
 
 
-def _gray16_to_u8(g: np.ndarray) -> np.ndarray:
-    g = g.astype(np.float64)
-    lo, hi = float(g.min()), float(g.max())
-    if hi <= lo:
-        return np.zeros(g.shape, np.uint8)
-    return np.rint((g - lo) / (hi - lo) * 255.0).astype(np.uint8)
+_gray16_to_u8 = minmax_u8  # the first release's rule, one definition (maps.py)
 
 
 def read_frame(path) -> np.ndarray:
@@ -204,17 +202,32 @@ def resize_pad(img: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def load_crops(manifest, modality: str, image_size: int, margin: float, log: logging.Logger | None = None) -> np.ndarray:
+def _decode(path: str, map_cfg):
+    """(frame, raw map): a 16-bit map of a map modality comes back raw (frame None), anything else as RGB."""
+    if map_cfg is not None:
+        p = Path(path)
+        if p.is_file() and p.stat().st_size > 0:
+            raw = read_map(p)
+            if raw is not None:
+                return None, raw
+    return read_frame(path), None
+
+
+def load_crops(manifest, modality: str, image_size: int, margin: float, log: logging.Logger | None = None,
+               maps=None) -> np.ndarray:
     """Crops of one modality for every manifest row: uint8 (N, image_size, image_size, 3).
 
     Each distinct frame is decoded once; the result is cached in-process (keyed by the paths,
-    boxes, size and margin) and returned read-only - copy it before writing into it.
+    boxes, size, margin and map rule) and returned read-only - copy it before writing into it.
+    `maps` (a MapsConfig; default: the one load_dfu recorded in manifest.report) sets how a 16-bit
+    depth_map / thermal_map is normalised.
     """
     log = log or logging.getLogger("medfusion.data.images")
     s = manifest.samples
     paths = s[f"{modality}_path"].astype(str).tolist()
     boxes = [tuple(int(v) for v in b) for b in s[[f"{modality}_{k}" for k in BOX_FIELDS]].to_numpy()]
-    key = (tuple(zip(paths, boxes)), int(image_size), float(margin))
+    map_cfg = getattr(maps or maps_from_report(manifest.report), modality) if modality in MAP_MODALITIES else None
+    key = (tuple(zip(paths, boxes)), int(image_size), float(margin), map_cfg)
     hit = _CROP_CACHE.get(key)
     if hit is not None:
         return hit
@@ -228,7 +241,7 @@ def load_crops(manifest, modality: str, image_size: int, margin: float, log: log
     ids = s["sample_id"].astype(str).tolist() if "sample_id" in s.columns else [str(i) for i in range(len(paths))]
     for done, (p, rows) in enumerate(by_frame.items(), start=1):
         try:
-            frame = read_frame(p)
+            frame, raw = _decode(p, map_cfg)
         except (FileNotFoundError, ValueError) as exc:
             raise ValueError(
                 f"{modality} frame of sample {ids[rows[0]]!r}: {exc}. Replace or remove the file; "
@@ -236,7 +249,7 @@ def load_crops(manifest, modality: str, image_size: int, margin: float, log: log
             ) from None
         for i in rows:
             try:
-                crop = crop_box(frame, boxes[i], margin)
+                crop = crop_box(frame, boxes[i], margin) if raw is None else map_crop(raw, boxes[i], margin, map_cfg)
             except ValueError as exc:
                 raise ValueError(f"sample {ids[i]!r}, {modality} frame {p!r}: {exc}") from None
             out[i] = resize_pad(crop, image_size)
