@@ -13,7 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
+from medfusion.config import augment_list
 from medfusion.constants import NUM_CLASSES
+
+# geometric augmentation ranges (train.augment): small enough that the wound stays in view
+ROTATE_DEG = 10.0  # uniform in +-ROTATE_DEG
+SHIFT_FRACTION = 0.08  # uniform in +-SHIFT_FRACTION of the image side, per axis
+ZOOM_FRACTION = 0.10  # scale uniform in [1 - ZOOM_FRACTION, 1 + ZOOM_FRACTION]
 
 
 @dataclass(frozen=True)
@@ -43,14 +49,44 @@ def _cast(features: dict) -> dict:
     return {k: tf.cast(v, tf.float32) for k, v in features.items()}
 
 
-def _augment(features: dict, seed: int, step) -> dict:
-    """Random flips from stateless ops keyed by (seed, step): a resumed run sees the same flips."""
+def _uniform(base, n, lo: float, hi: float, stream: int) -> tf.Tensor:
+    """n stateless uniforms in [lo, hi) keyed by (seed, step) and a fixed stream number."""
+    key = base + tf.constant([0, stream << 41], tf.int64)
+    return tf.random.stateless_uniform([n], seed=key, minval=lo, maxval=hi)
+
+
+def _geometric(v: tf.Tensor, base, ops: tuple) -> tf.Tensor:
+    """Rotation / shift / zoom about the image centre, nearest neighbour, 0 fill: every output pixel is
+    an input pixel or 0 (resize_pad's padding, maps' "no data"), so intensity-coded signal is intact."""
+    n, h, w = tf.shape(v)[0], tf.cast(tf.shape(v)[1], tf.float32), tf.cast(tf.shape(v)[2], tf.float32)
+    zero = tf.zeros([n])
+    angle = _uniform(base, n, -ROTATE_DEG, ROTATE_DEG, 2) * (np.pi / 180.0) if "rotate" in ops else zero
+    scale = _uniform(base, n, 1 - ZOOM_FRACTION, 1 + ZOOM_FRACTION, 3) if "zoom" in ops else zero + 1.0
+    tx = _uniform(base, n, -SHIFT_FRACTION, SHIFT_FRACTION, 4) * w if "shift" in ops else zero
+    ty = _uniform(base, n, -SHIFT_FRACTION, SHIFT_FRACTION, 5) * h if "shift" in ops else zero
+    # output pixel p reads input A (p - c) + c - t, A = rotation(angle) / scale
+    cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
+    cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
+    a2 = cx - cos * cx + sin * cy - tx
+    b2 = cy - sin * cx - cos * cy - ty
+    transforms = tf.stack([cos, -sin, a2, sin, cos, b2, zero, zero], axis=1)
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=v, transforms=transforms, output_shape=tf.shape(v)[1:3], fill_value=0.0,
+        interpolation="NEAREST", fill_mode="CONSTANT")
+
+
+def _augment(features: dict, seed: int, step, ops: tuple = ("flip",)) -> dict:
+    """Augmentations `ops` (train.augment) from stateless ops keyed by (seed, step): a resumed run sees
+    the same ones. Flips use the first release's keys, so `augment: true` runs are unchanged."""
     out = {}
     for k, v in features.items():
-        if v.shape.rank == 4:  # image batch: flips keep intensity-coded signal intact
+        if v.shape.rank == 4:  # image batch
             base = tf.stack([tf.cast(seed, tf.int64), tf.cast(step, tf.int64)])
-            v = tf.image.stateless_random_flip_left_right(v, seed=base)
-            v = tf.image.stateless_random_flip_up_down(v, seed=base + tf.constant([0, 1 << 40], tf.int64))
+            if "flip" in ops:
+                v = tf.image.stateless_random_flip_left_right(v, seed=base)
+                v = tf.image.stateless_random_flip_up_down(v, seed=base + tf.constant([0, 1 << 40], tf.int64))
+            if {"rotate", "shift", "zoom"} & set(ops):
+                v = _geometric(v, base, ops)
         out[k] = v
     return out
 
@@ -61,7 +97,7 @@ def _pass_order(n: int, seed: int, r) -> tf.Tensor:
     return tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=key)
 
 
-def train_dataset(inputs: dict, labels: np.ndarray, plan: BatchPlan, seed: int, augment: bool,
+def train_dataset(inputs: dict, labels: np.ndarray, plan: BatchPlan, seed: int, augment,
                   start_step: int = 0) -> tf.data.Dataset:
     """Shuffled, repeated, batched: fit consumes exactly plan.steps_per_epoch batches per epoch.
 
@@ -74,8 +110,9 @@ def train_dataset(inputs: dict, labels: np.ndarray, plan: BatchPlan, seed: int, 
     iterator to peek at the input shapes whose background prefetch advanced that generator
     by a timing-dependent amount, so the training order differed between processes.)
     `start_step` (epochs done x steps per epoch) positions a resumed stage exactly where the
-    interrupted one stopped.
+    interrupted one stopped. `augment`: train.augment, a list of config.AUGMENTATIONS (true = [flip]).
     """
+    ops = augment_list(augment)
     n, batch = plan.n_samples, plan.batch
     features = {k: tf.constant(v) for k, v in inputs.items()}
     targets = tf.constant(one_hot(labels))
@@ -86,7 +123,7 @@ def train_dataset(inputs: dict, labels: np.ndarray, plan: BatchPlan, seed: int, 
 
     def load(step, idx):
         x = _cast({k: tf.gather(v, idx) for k, v in features.items()})
-        return (_augment(x, seed, step) if augment else x), tf.gather(targets, idx)
+        return (_augment(x, seed, step, ops) if ops else x), tf.gather(targets, idx)
 
     return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
