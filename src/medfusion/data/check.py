@@ -175,6 +175,7 @@ def check_dataset(cfg, log: logging.Logger | None = None, *, decode: bool = Fals
             except (ValueError, RuntimeError) as exc:
                 problems.append(str(exc))
 
+    warnings += _metadata_warnings(rep, cfg.data.metadata_csv)
     # image-side notes
     for key, what in (("depth_boxes", "depth"), ("thermal_boxes", "thermal")):
         b = rep.get(key, {})
@@ -196,6 +197,25 @@ def check_dataset(cfg, log: logging.Logger | None = None, *, decode: bool = Fals
                 f"or delete them: {shown}" + (" ..." if len(failures) > N_SHOWN else ""))
         stats["decoded"] = True
     return DatasetCheck(not problems, problems, manifest, warnings, str(data_dir), stats, assignment)
+
+
+def _metadata_warnings(rep: dict, name: str) -> list[str]:
+    """metadata.csv choices a user should confirm: conflicting duplicated visits, text columns holding numbers,
+    rows with fewer fields than the header."""
+    out = []
+    if rep.get("duplicate_visits_conflicting_labels"):
+        out.append(f"{rep['duplicate_visits_conflicting_labels']} duplicated visit row(s) of {name} carry another "
+                   f"label than the first row of the same (Patient#, Appt#, DFU#), which is the one used: "
+                   f"{'; '.join(rep.get('duplicate_visits_conflict_examples', []))}. Correct or delete the wrong row")
+    for col, n in rep.get("column_types", {}).get("text_with_numbers", {}).items():
+        out.append(f"column {col!r} of {name} is read as text (categories) although {n['numbers']} of its "
+                   f"{n['filled']} values are numbers: correct its text values if it is a measurement, or list it in "
+                   "data.exclude_columns")
+    short = rep.get("metadata_short_rows") or []
+    if short:
+        out.append(f"{len(short)} row(s) of {name} have fewer fields than its header (missing trailing cells read as "
+                   f"empty): rows {', '.join(map(str, short[:N_SHOWN]))}" + (" ..." if len(short) > N_SHOWN else ""))
+    return out
 
 
 def is_demo_dir(data_cfg) -> bool:

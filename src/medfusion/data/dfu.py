@@ -109,6 +109,34 @@ def _list_frames(folder: Path, camera: str, skips: Skips | None) -> tuple[dict[s
     return frames, present
 
 
+def _check_folders(root: Path, folders: dict) -> None:
+    """All four image folders exist; else one error naming each missing one (or that it is a file)."""
+    bad = [f"{m} ({str(f)!r} {'is a file, not a folder' if f.exists() else 'not found'})"
+           for m, f in folders.items() if not f.is_dir()]
+    if bad:
+        present = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir() if not p.name.startswith("."))
+        raise FileNotFoundError(
+            f"image folder(s) missing in {str(root)!r}: {'; '.join(bad)}. Every sample needs all four image folders "
+            f"(a metadata-only search too: a sample is one matched view of a visit); the folder holds "
+            f"{', '.join(present[:10]) or 'nothing'}. Check data.data_dir and data.folders in the data config")
+
+
+def _nested_frames(folders: dict, n_depth: int) -> list[str]:
+    """Hint when an image folder holds no frame itself but its subfolders do (the loader does not descend)."""
+    hints = []
+    for m in ("depth_rgb", "thermal_rgb"):
+        if m == "depth_rgb" and n_depth:
+            continue
+        if any(p.suffix.lower() == ".png" for p in folders[m].iterdir() if p.is_file()):
+            continue
+        nested = sorted(p.relative_to(folders[m]) for p in folders[m].rglob("*.[pP][nN][gG]") if p.is_file())
+        if nested:
+            hints.append(f"{m} holds no .png frame itself but its subfolder(s) hold {len(nested)} (e.g. "
+                         f"{str(nested[0])!r}): frames must lie directly in the folder; move them up or point "
+                         "data.folders at the subfolder")
+    return hints
+
+
 def _match_thermal(depth: FrameKey, candidates: list[tuple[str, FrameKey]]):
     """First candidate (sorted by file name) under the first rule that has one."""
     rules = (
@@ -214,12 +242,7 @@ def load_dfu(data_dir, data_cfg: DataConfig, log: logging.Logger | None = None) 
             "data.data_dir (the demo dataset is generated only into data.demo_dir, with data.demo: true)"
         )
     folders = {m: root / data_cfg.folders.get(m, m) for m in IMAGE_MODALITIES}
-    for m, folder in folders.items():
-        if not folder.is_dir():
-            raise FileNotFoundError(
-                f"image folder {str(folder)!r} ({m}) not found; every sample needs all four image folders. "
-                "Check data.data_dir and data.folders in the data config"
-            )
+    _check_folders(root, folders)
     report: dict = {}
 
     meta_path = root / data_cfg.metadata_csv
@@ -390,6 +413,7 @@ def load_dfu(data_dir, data_cfg: DataConfig, log: logging.Logger | None = None) 
         other = {m: list_other_files(folders[m]) for m in ("depth_rgb", "thermal_rgb")}
         hints = diagnose_no_samples(reasons, len(depth_frames), other, report, set(meta["Appt#"].tolist()),
                                     {k.appt for k in depth_frames.values()})
+        hints = _nested_frames(folders, len(depth_frames)) + hints
         raise ValueError(
             f"no samples could be built from {str(root)!r}: {len(depth_frames)} depth frames, skipped by reason "
             f"{reasons}; thermal frames unusable by reason {({k: v['count'] for k, v in thermal_skips.data.items()})}; "

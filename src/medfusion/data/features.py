@@ -61,48 +61,73 @@ def _classify(values: list[str], decimal_comma: bool) -> tuple[list, dict, list]
     return out, placeholders, others
 
 
-def type_columns(df: pd.DataFrame, columns: list, path: Path, sep: str, log: logging.Logger, report: dict) -> None:
+def _refuse_stray_text(col, n_num: int, others: list, path: Path) -> None:
+    shown = ", ".join(f"row {i + 1} {v!r}" for i, v in others[:N_SHOWN])
+    comma = any(_DECIMAL_COMMA.match(v.strip()) for _, v in others)
+    raise ValueError(
+        f"{str(path)!r}: column {col!r} holds numbers in {n_num} rows but {len(others)} value(s) that are "
+        f"not numbers: {shown}{' ...' if len(others) > N_SHOWN else ''}."
+        + (" A decimal comma in a comma-separated file: use a decimal point." if comma else "")
+        + " Correct them, leave the cells empty, or write one of the placeholders read as missing ("
+        + ", ".join(PLACEHOLDERS[:6]) + ", ...); or drop the column with data.exclude_columns."
+    )
+
+
+def _as_text(df: pd.DataFrame, col, values: list, parsed: list, path: Path, log: logging.Logger, mixed: dict) -> None:
+    """Make `col` a text (categorical) column, warning when some of its values are numbers or start with one."""
+    stripped = [v.strip() for v in values]
+    df[col] = pd.Series([np.nan if v in PANDAS_MISSING else raw for v, raw in zip(stripped, values)],
+                        index=df.index, dtype=object)
+    nums = [(i, values[i]) for i, v in enumerate(parsed) if isinstance(v, float)]
+    filled = sum(1 for v in stripped if v and v not in PANDAS_MISSING)
+    if nums:  # mostly text, yet some numbers: never switched to text silently
+        mixed[col] = {"numbers": len(nums), "filled": filled}
+        log.warning("%s: column %r is read as text (categories): %d of its %d filled values are not numbers, %d "
+                    "are (e.g. %s); every distinct number becomes its own category. If it is a measurement, correct "
+                    "the text values; else list it in data.exclude_columns", path.name, col, filled - len(nums),
+                    filled, len(nums), ", ".join(f"row {i + 1} {v!r}" for i, v in nums[:N_SHOWN]))
+        return
+    lead = [v for v in stripped if v and v not in PANDAS_MISSING and _LEADING_NUMBER.match(v)]
+    if filled and len(lead) >= 0.9 * filled and len(set(lead)) > 5:
+        log.warning("%s: column %r is read as text (categories), yet %d of its %d values start with a number "
+                    "(e.g. %r): if it is a measurement, remove the units so it is read as a number",
+                    path.name, col, len(lead), filled, lead[0])
+
+
+def type_columns(df: pd.DataFrame, columns: list, path: Path, sep: str, log: logging.Logger, report: dict) -> list:
     """Convert each feature column in place to float (numbers) or text (NaN where missing); see PLACEHOLDERS.
 
-    A column whose values are mostly numbers but holds other values is refused, naming rows and values.
+    A column whose values are mostly numbers but holds other values is refused, naming rows and values; one
+    mostly of text that holds numbers becomes text with a warning. Returns the columns that hold nothing but
+    placeholders and empty cells (no value at all: the caller drops them).
     """
-    report_ph, numeric, text = {}, [], []
+    report_ph, numeric, text, mixed, no_value = {}, [], [], {}, []
     for col in columns:
         values = df[col].astype(str).tolist()
         parsed, placeholders, others = _classify(values, decimal_comma=sep != ",")
         n_num = sum(isinstance(v, float) for v in parsed)
         if n_num and others and n_num >= len(others):
-            shown = ", ".join(f"row {i + 1} {v!r}" for i, v in others[:N_SHOWN])
-            comma = any(_DECIMAL_COMMA.match(v.strip()) for _, v in others)
-            raise ValueError(
-                f"{str(path)!r}: column {col!r} holds numbers in {n_num} rows but {len(others)} value(s) that are "
-                f"not numbers: {shown}{' ...' if len(others) > N_SHOWN else ''}."
-                + (" A decimal comma in a comma-separated file: use a decimal point." if comma else "")
-                + " Correct them, leave the cells empty, or write one of the placeholders read as missing ("
-                + ", ".join(PLACEHOLDERS[:6]) + ", ...); or drop the column with data.exclude_columns."
-            )
+            _refuse_stray_text(col, n_num, others, path)
+        if placeholders and not others:
+            report_ph[col] = dict(placeholders)
+            log.warning("%s: column %r: %d placeholder value(s) read as missing: %s", path.name, col,
+                        sum(placeholders.values()), ", ".join(f"{k!r} {n}" for k, n in placeholders.items()))
         if n_num and not others:
             df[col] = pd.Series([np.nan if v is None else v for v in parsed], index=df.index, dtype=float)
             numeric.append(col)
-            if placeholders:
-                report_ph[col] = dict(placeholders)
-                log.warning("%s: column %r: %d placeholder value(s) read as missing: %s", path.name, col,
-                            sum(placeholders.values()), ", ".join(f"{k!r} {n}" for k, n in placeholders.items()))
-            continue
-        stripped = [v.strip() for v in values]
-        df[col] = pd.Series([np.nan if v in PANDAS_MISSING else raw for v, raw in zip(stripped, values)],
-                            index=df.index, dtype=object)
-        text.append(col)
-        lead = [v for v in stripped if v and v not in PANDAS_MISSING and _LEADING_NUMBER.match(v)]
-        filled = sum(1 for v in stripped if v and v not in PANDAS_MISSING)
-        if filled and len(lead) >= 0.9 * filled and len(set(lead)) > 5:
-            log.warning("%s: column %r is read as text (categories), yet %d of its %d values start with a number "
-                        "(e.g. %r): if it is a measurement, remove the units so it is read as a number",
-                        path.name, col, len(lead), filled, lead[0])
+        elif not n_num and not others:  # only placeholders and empty cells
+            no_value.append(col)
+        else:
+            _as_text(df, col, values, parsed, path, log, mixed)
+            text.append(col)
+    if no_value:
+        log.warning("%s: %d column(s) hold only placeholders and empty cells, dropped from the features: %s",
+                    path.name, len(no_value), no_value)
     report["placeholders_read_as_missing"] = report_ph
-    report["column_types"] = {"numeric": len(numeric), "text": text}
+    report["column_types"] = {"numeric": len(numeric), "text": text, "text_with_numbers": mixed}
     if text:
         log.info("%s: %d text (categorical) feature column(s): %s", path.name, len(text), text)
+    return no_value
 
 
 def _norm(v) -> object:

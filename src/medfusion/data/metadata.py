@@ -31,6 +31,8 @@ NON_FEATURE_COLUMNS = (
     DEFAULT_LABEL_COLUMN,
 ) + LEAKY_COLUMNS
 KEY_COLUMNS = ("Patient#", "Appt#", "DFU#")
+# the digits an image file name gives each key ({patient:3d}{appt:2d}{dfu:1d}): a value outside can match no frame
+KEY_RANGES = {"Patient#": (0, 999), "Appt#": (0, 99), "DFU#": (0, 9)}
 LABEL_INDEX = {c: i for i, c in enumerate(CLASSES)}
 
 
@@ -52,7 +54,17 @@ def _int_column(df: pd.DataFrame, col: str, path: Path) -> np.ndarray:
             f"{str(path)!r}: row {i + 1} (line {i + 2} counting the header) has {col}={df[col].iloc[i]!r}; "
             f"expected an integer ({int(bad.sum())} row(s) affected). Fill in or delete the row."
         )
-    return vals.to_numpy().astype(np.int64)
+    out = vals.to_numpy().astype(np.int64)
+    lo, hi = KEY_RANGES.get(col, (-np.inf, np.inf))
+    outside = (out < lo) | (out > hi)
+    if outside.any():
+        i = int(np.flatnonzero(outside)[0])
+        raise ValueError(
+            f"{str(path)!r}: row {i + 1} (line {i + 2} counting the header) has {col}={df[col].iloc[i]!r}, outside "
+            f"{lo}..{hi} ({int(outside.sum())} row(s) affected): image file names carry {col} in "
+            f"{len(str(hi))} digit(s) ('{{random}}_P{{patient:3d}}{{appt:2d}}{{dfu:1d}}...'), so such a row can match "
+            "no frame. Correct the value or delete the row.")
+    return out
 
 
 def blank(series: pd.Series) -> pd.Series:
@@ -143,35 +155,52 @@ def _select_features(df: pd.DataFrame, path: Path, data_cfg: DataConfig, log: lo
     return features
 
 
+def _drop_duplicate_visits(df: pd.DataFrame, path: Path, log: logging.Logger, report: dict) -> pd.DataFrame:
+    """Keep the first row of each visit key; count the rest, and those whose label differs from the kept row."""
+    dup = df.duplicated(list(KEY_COLUMNS), keep="first")
+    n_dup = int(dup.sum())
+    dup_keys = [tuple(int(x) for x in k) for k in df.loc[dup, list(KEY_COLUMNS)].to_numpy()[:N_EXAMPLES]]
+    conflicts, conflict_rows = 0, []
+    if n_dup:
+        first_label = df.loc[~dup].set_index(list(KEY_COLUMNS))["__label"]
+        for i, key, lab in zip(np.flatnonzero(dup.to_numpy()), df.loc[dup, list(KEY_COLUMNS)].itertuples(index=False),
+                               df.loc[dup, "__label"]):
+            kept = int(first_label.loc[tuple(key)])
+            if kept != lab:
+                conflicts += 1
+                if len(conflict_rows) < N_EXAMPLES:
+                    conflict_rows.append(f"row {i + 1} {tuple(int(x) for x in key)}: {CLASSES[int(lab)]} dropped, "
+                                         f"{CLASSES[kept]} kept")
+        log.warning(
+            "%s: %d duplicated visit key(s) (Patient#, Appt#, DFU#) dropped, first row kept "
+            "(%d with a different label than the kept row%s); e.g. %s",
+            path.name, n_dup, conflicts, (": " + "; ".join(conflict_rows)) if conflict_rows else "", dup_keys,
+        )
+        df = df.loc[~dup].reset_index(drop=True)
+    report["duplicate_visits"] = n_dup
+    report["duplicate_visit_keys"] = [list(k) for k in dup_keys]
+    report["duplicate_visits_conflicting_labels"] = conflicts
+    report["duplicate_visits_conflict_examples"] = conflict_rows
+    return df
+
+
 def read_metadata(path: Path, data_cfg: DataConfig, log: logging.Logger, report: dict):
     label_column = data_cfg.label_column
     table = read_table(path, "metadata", list(KEY_COLUMNS) + [label_column], log)
     df = table.frame
     report["metadata_separator"] = table.separator
+    report["metadata_short_rows"] = table.short_rows
     if not len(df):
         raise ValueError(f"metadata file {str(path)!r} has a header but no rows; it needs one row per wound visit")
     for c in KEY_COLUMNS:
         df[c] = _int_column(df, c, path)
     df["__label"] = _parse_labels(df, label_column, path, log, report)
 
-    dup = df.duplicated(list(KEY_COLUMNS), keep="first")
-    n_dup = int(dup.sum())
-    dup_keys = [tuple(int(x) for x in k) for k in df.loc[dup, list(KEY_COLUMNS)].to_numpy()[:N_EXAMPLES]]
-    conflicts = 0
-    if n_dup:
-        first_label = df.loc[~dup].set_index(list(KEY_COLUMNS))["__label"]
-        for key, lab in zip(df.loc[dup, list(KEY_COLUMNS)].itertuples(index=False), df.loc[dup, "__label"]):
-            conflicts += int(first_label.loc[tuple(key)] != lab)
-        log.warning(
-            "%s: %d duplicated visit key(s) (Patient#, Appt#, DFU#) dropped, first row kept "
-            "(%d with a different label than the kept row); e.g. %s",
-            path.name, n_dup, conflicts, dup_keys,
-        )
-        df = df.loc[~dup].reset_index(drop=True)
-    report["duplicate_visits"] = n_dup
-    report["duplicate_visit_keys"] = [list(k) for k in dup_keys]
-    report["duplicate_visits_conflicting_labels"] = conflicts
+    df = _drop_duplicate_visits(df, path, log, report)
     features = _select_features(df, path, data_cfg, log, report)
-    type_columns(df, features, path, table.separator, log, report)
+    no_value = type_columns(df, features, path, table.separator, log, report)
+    if no_value:
+        features = [c for c in features if c not in no_value]
+        report["empty_columns_dropped"] = report["empty_columns_dropped"] + no_value
     check_label_leaks(df, features, df["__label"].to_numpy(), label_column, path)
     return df, features

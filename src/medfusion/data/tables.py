@@ -14,7 +14,7 @@ import csv
 import io
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ class Table:
     frame: pd.DataFrame
     path: Path
     separator: str
+    short_rows: list = field(default_factory=list)  # 1-based data rows with fewer fields than the header
 
 
 def clean_name(name) -> str:
@@ -80,10 +81,12 @@ def _check_names(names: list[str], path: Path, what: str) -> None:
         )
 
 
-def _rows(text: str, sep: str, width: int, path: Path, what: str) -> tuple[list, int]:
-    """Data rows padded to the header's width, trailing all-empty rows dropped (counted). A row with extra
-    non-empty fields is an error: pandas would silently take its first field as a row index and shift every column."""
-    rows, n_blank = [], 0
+def _rows(text: str, sep: str, width: int, path: Path, what: str) -> tuple[list, int, list]:
+    """Data rows padded to the header's width, trailing all-empty rows dropped (counted), and the rows that had
+    fewer fields than the header (1-based data row, line). A row with extra non-empty fields is an error: pandas
+    would silently take its first field as a row index and shift every column. A last row with fewer fields and no
+    line end means the file was cut short: an error too (its missing cells would be read as empty)."""
+    rows, n_blank, short = [], 0, []
     reader = csv.reader(io.StringIO(text, newline=None), delimiter=sep)  # \r, \r\n and \n all end a line
     try:
         next(reader)
@@ -98,13 +101,29 @@ def _rows(text: str, sep: str, width: int, path: Path, what: str) -> tuple[list,
                         f"{len(row)} fields but the header has {width} (first extra value {extra[0]!r}); every "
                         f"row must have one value per header column ({SEPARATOR_NAMES[sep]}-separated)")
                 row = row[:width]
+            elif len(row) < width and any(f.strip() for f in row):
+                short.append((len(rows) + 1, reader.line_num, len(row)))
             rows.append(row + [""] * (width - len(row)))
     except csv.Error as exc:
         raise ValueError(f"{what} file {str(path)!r} could not be parsed as CSV at line {reader.line_num}: {exc}") from None
     while rows and not any(f.strip() for f in rows[-1]):  # trailing ',,,,' rows a spreadsheet leaves
         rows.pop()
         n_blank += 1
-    return rows, n_blank
+    short = [s for s in short if s[0] <= len(rows)]
+    if short and short[-1][0] == len(rows) and not text.endswith(("\n", "\r")):
+        i, line, n = short[-1]
+        raise ValueError(
+            f"{what} file {str(path)!r} looks cut short: its last row {i} (line {line}) has {n} of the header's "
+            f"{width} fields and no line end (last value {rows[-1][n - 1]!r}). Copy the file again, or complete or "
+            "delete that row.")
+    return rows, n_blank, short
+
+
+def _warn_short(short: list, width: int, path: Path, log: logging.Logger | None) -> None:
+    if short and log is not None:
+        log.warning("%s: %d row(s) have fewer fields than the header's %d; their missing trailing cells are read "
+                    "as empty (a cell deleted mid-row would shift the rest left: check them), e.g. %s", path.name,
+                    len(short), width, ", ".join(f"row {i} (line {line}, {n} fields)" for i, line, n in short[:5]))
 
 
 def read_table(path: Path, what: str, required=(), log: logging.Logger | None = None) -> Table:
@@ -126,7 +145,8 @@ def read_table(path: Path, what: str, required=(), log: logging.Logger | None = 
     if sep != "," and log is not None:
         log.info("%s: separator detected: %s (%r)", path.name, SEPARATOR_NAMES[sep], sep)
     _check_names(names, path, what)
-    rows, n_blank = _rows(text, sep, len(names), path, what)
+    rows, n_blank, short = _rows(text, sep, len(names), path, what)
+    _warn_short(short, len(names), path, log)
     if n_blank and log is not None:
         log.info("%s: %d trailing row(s) with every field empty ignored", path.name, n_blank)
     df = pd.DataFrame(rows, columns=range(len(names)), dtype=object).astype(str) if rows else \
@@ -144,7 +164,7 @@ def read_table(path: Path, what: str, required=(), log: logging.Logger | None = 
     df = df[[c for c in df.columns if c]]
     if required:
         require_columns(df, path, required, what, sep)
-    return Table(df, path, sep)
+    return Table(df, path, sep, [i for i, _, _ in short])
 
 
 def require_columns(df: pd.DataFrame, path: Path, cols, what: str, sep: str = ",") -> None:
