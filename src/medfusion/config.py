@@ -123,12 +123,24 @@ class StageConfig:
 
 
 @dataclass(frozen=True)
+class PretrainConfig(StageConfig):
+    """Image pre-training. From-scratch backbones (model.weights: none) train the whole model,
+    BatchNorm included, for `epochs` at `lr`. Pretrained weights follow the keras-io fine-tuning
+    recipe: `warmup_epochs` at `warmup_lr` train the new head on a frozen backbone (inference
+    mode), then `epochs` at `finetune_lr` train the unfrozen backbone with BatchNorm frozen.
+    `patience` applies to every phase."""
+    warmup_epochs: int = 5  # pretrained weights only; 0 = unfreeze at once (not recommended)
+    warmup_lr: float = 1e-3
+    finetune_lr: float = 1e-5  # pretrained weights only: the backbone's own, lower LR
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     batch_size: int = 16  # per replica; the global batch is this times the replica count
     focal_gamma: float = 2.0
     max_alpha_ratio: float = 3.0  # cap on max/min focal alpha; 0 disables the cap (review flags it)
     augment: tuple = ("flip",)  # any of AUGMENTATIONS; true = [flip], false = [] (older configs)
-    pretrain: StageConfig = field(default_factory=lambda: StageConfig(epochs=30, lr=1e-3, patience=6))
+    pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(epochs=30, lr=1e-3, patience=6))
     stage1: StageConfig = field(default_factory=lambda: StageConfig(epochs=30, lr=1e-3, patience=6))
     stage2: StageConfig = field(default_factory=lambda: StageConfig(epochs=15, lr=1e-5, patience=5))
     # Stage 2 unfreezing: "all", or a positive integer N = the top N weight-carrying (non-BatchNorm) backbone
@@ -408,6 +420,9 @@ def validate(cfg: Config) -> None:
         _check(st.epochs >= 0, f"train.{name}.epochs", st.epochs, "must be >= 0")
         _check(st.lr > 0, f"train.{name}.lr", st.lr, "must be > 0")
         _check(st.patience >= 1, f"train.{name}.patience", st.patience, "must be >= 1")
+    _check(t.pretrain.warmup_epochs >= 0, "train.pretrain.warmup_epochs", t.pretrain.warmup_epochs, "must be >= 0")
+    _check(t.pretrain.warmup_lr > 0, "train.pretrain.warmup_lr", t.pretrain.warmup_lr, "must be > 0")
+    _check(t.pretrain.finetune_lr > 0, "train.pretrain.finetune_lr", t.pretrain.finetune_lr, "must be > 0")
     _check(t.stage1.epochs >= 1, "train.stage1.epochs", t.stage1.epochs, "must be >= 1 (Stage 1 trains the fusion head)")
     unfreeze_layers(t.unfreeze)  # raises on a bad value
     augment_list(t.augment, "train.augment")

@@ -32,6 +32,15 @@ def test_efficientnet_b0_is_renamed_and_returns_one_feature_map():
     assert m.name == "thermal_map_backbone"
     out = m(keras.Input((32, 32, 3)), training=False)
     assert not isinstance(out, (list, tuple)) and len(out.shape) == 4
+    # frozen at build; only a from-scratch pre-training unfreezes it, explicitly (training/pretrain.py)
+    assert all(not l.trainable for l in m.layers if isinstance(l, keras.layers.BatchNormalization))
+
+
+def test_pretrained_weights_come_with_batchnorm_frozen(tmp_path):
+    src = build_backbone("tiny", 32, model_name="a_backbone")
+    path = str(tmp_path / "tiny.weights.h5")
+    src.save_weights(path)
+    m = build_backbone("tiny", 32, weights=path, model_name="b_backbone")
     assert all(not l.trainable for l in m.layers if isinstance(l, keras.layers.BatchNormalization))
 
 

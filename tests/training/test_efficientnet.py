@@ -1,5 +1,6 @@
 """EfficientNetB3, the real backbone: built, pre-trained, transferred and trained one step per stage."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -49,3 +50,33 @@ def test_efficientnet_b3_fusion_one_step_per_stage():
                    seed=0, augment=False)
     assert s2.trainable_params > s1.trainable_params * 10
     assert relative_change(before, backbone_snapshot(fusion)) > 0.0
+
+
+def _features(model, x, training):
+    feats = keras.Model(model.inputs, model.get_layer("depth_rgb_pool").output)
+    return keras.ops.convert_to_numpy(feats(x, training=training))
+
+
+def test_frozen_efficientnet_runs_in_inference_mode_whatever_the_training_flag():
+    """Keras 3 hands the outer training flag to nested models; a frozen backbone must ignore it."""
+    cfg = ModelConfig(backbone="efficientnet_b0", weights="none", head_units=8, dropout=0.0)
+    model = build_pretrain_model("depth_rgb", cfg, 32)
+    bb = model.get_layer("depth_rgb_backbone")
+    assert any(isinstance(l, keras.layers.Dropout) and l.rate > 0 for l in bb.layers)  # stochastic depth exists
+    rng = np.random.default_rng(0)
+    x = {"depth_rgb": rng.uniform(0, 255, (4, 32, 32, 3)).astype("float32")}
+    y = np.eye(3, dtype="float32")[[0, 1, 2, 0]]
+
+    set_backbones_trainable(model, True)  # unfrozen: stochastic depth is active in training mode
+    assert not np.allclose(_features(model, x, True), _features(model, x, True))
+
+    set_backbones_trainable(model, False)
+    reference = _features(model, x, False)
+    bn = [l for l in bb.layers if isinstance(l, keras.layers.BatchNormalization)]
+    stats = [keras.ops.convert_to_numpy(l.moving_mean).copy() for l in bn]
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="categorical_crossentropy")
+    for _ in range(2):  # two training steps on the same batch
+        model.train_on_batch(x, y)
+        np.testing.assert_array_equal(_features(model, x, True), reference)
+    for layer, before in zip(bn, stats):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.moving_mean), before)

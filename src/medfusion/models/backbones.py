@@ -7,6 +7,7 @@ backbones can sit side by side in one fusion model and weights transfer by layer
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import warnings
@@ -40,10 +41,30 @@ def register_backbone(name: str):
     return deco
 
 
+@keras.saving.register_keras_serializable(package="medfusion")
+class Backbone(keras.Model):
+    """A functional backbone that runs fully in inference mode while it is frozen.
+
+    Keras 3 hands the outer model's ``training`` flag to every nested model, overriding a
+    ``backbone(x, training=False)`` recorded when the graph was built, so EfficientNet's
+    stochastic depth (its ``*drop`` Dropout layers) would stay active in a "frozen" Stage 1.
+    Here ``trainable=False`` forces ``training=False`` for every layer inside (no dropout, no
+    stochastic depth, no BatchNorm update). Trainable, the outer flag passes through; BatchNorm
+    layers set trainable=False individually still run in inference mode (Keras 3 rule).
+    ``trainable`` is read when the step function is traced: recompile after changing it, as
+    run_stage does for every stage.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        if not self.trainable:
+            training = False
+        return super().call(inputs, training=training, mask=mask)
+
+
 def _rename(model: keras.Model, model_name: str) -> keras.Model:
     """Same layers, new graph owner with the caller's name (keras.applications names its models itself)."""
     # single tensors, not lists: a list-output model would hand a list to the pooling layer
-    return keras.Model(model.input, model.output, name=model_name)
+    return Backbone(model.input, model.output, name=model_name)
 
 
 @register_backbone("efficientnet_b3")
@@ -82,26 +103,58 @@ def _tiny(image_size: int, model_name: str, imagenet: bool = False) -> keras.Mod
     # from-scratch CNN pick up intensity-coded signal within a few epochs.
     x = keras.layers.Normalization(mean=IMAGENET_MEAN, variance=IMAGENET_VARIANCE, name="tiny_normalize")(x)
     for i, filters in enumerate((16, 32, 64), start=1):
-        # conv bias on: the BatchNorm after it is frozen (see freeze_batchnorm), so it cannot supply the offset
+        # conv bias on: once Stage 1/2 freeze the BatchNorm after it, it cannot supply the offset
         x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", name=f"tiny_conv{i}")(x)
         x = keras.layers.BatchNormalization(name=f"tiny_bn{i}")(x)
         x = keras.layers.ReLU(name=f"tiny_relu{i}")(x)
-    return keras.Model(inp, x, name=model_name)
+    return Backbone(inp, x, name=model_name)
+
+
+def weights_kind(weights) -> str:
+    """'none', 'imagenet' or 'file' for a model.weights value."""
+    w = str(weights).strip() if weights is not None else "none"
+    if w.lower() in ("none", "", "null"):
+        return "none"
+    return "imagenet" if w.lower() == "imagenet" else "file"
+
+
+def uses_pretrained_weights(weights) -> bool:
+    """True for ImageNet weights (downloaded or from a file): what decides the transfer recipe."""
+    return weights_kind(weights) != "none"
+
+
+def weights_file_sha256(weights) -> str | None:
+    """sha256 of a model.weights file (None for 'none' / 'imagenet'): a cache key must change with the file."""
+    if weights_kind(weights) != "file":
+        return None
+    digest = hashlib.sha256()
+    with open(os.path.expanduser(str(weights).strip()), "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def build_backbone(name: str, image_size: int, weights: str = "none", model_name: str = "backbone") -> keras.Model:
-    """Build a registered backbone; ``weights`` is "none", "imagenet" or a path to a weights file."""
+    """Build a registered backbone; ``weights`` is "none", "imagenet" or a path to a weights file.
+
+    For a backbone with ImageNet weights (EfficientNet), a path is an ImageNet weights file
+    (e.g. ``efficientnetb3_notop.h5``) and builds exactly the network ``weights="imagenet"``
+    builds, Keras' ImageNet-only input scaling included. BatchNorm comes frozen (inference mode):
+    only the pre-training of a from-scratch backbone unfreezes it, explicitly
+    (training/pretrain.py via set_backbones_trainable(train_batchnorm=True)).
+    """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; registered backbones: {', '.join(sorted(BACKBONES))}")
-    builder = BACKBONES[name]
-    w = str(weights).strip() if weights is not None else "none"
-    if w.lower() in ("none", "", "null"):
+    builder, kind = BACKBONES[name], weights_kind(weights)
+    if kind == "none":
         model = builder(image_size, model_name)
-    elif w.lower() == "imagenet":
+    elif kind == "imagenet":
         model = _build_imagenet(name, builder, image_size, model_name)
+    elif name in IMAGENET_FILES:
+        model = _build_imagenet_from_file(name, builder, image_size, model_name, os.path.expanduser(str(weights).strip()))
     else:
         model = builder(image_size, model_name)
-        load_backbone_weights(model, w, backbone_name=name)
+        load_backbone_weights(model, os.path.expanduser(str(weights).strip()), backbone_name=name)
     freeze_batchnorm(model)
     return model
 
@@ -109,16 +162,25 @@ def build_backbone(name: str, image_size: int, weights: str = "none", model_name
 def freeze_batchnorm(model: keras.Model) -> None:
     """Set every BatchNormalization layer (recursively) to trainable=False.
 
-    Keras 3 BatchNormalization with trainable=False always runs in inference mode. This is
-    what actually keeps BatchNorm in inference mode during fit: in Keras 3 a functional
-    model called with training=True passes that flag down to nested models, overriding a
-    ``backbone(x, training=False)`` recorded when the graph was built.
+    Keras 3 BatchNormalization with trainable=False always runs in inference mode, whatever
+    training flag reaches it: this is what keeps BatchNorm statistics fixed while the rest of
+    an unfrozen backbone trains.
     """
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
         elif isinstance(layer, keras.Model):
             freeze_batchnorm(layer)
+
+
+def keras_cache_file(fname: str) -> str:
+    """Where keras.applications looks for a downloaded weights file (what file_utils.get_file resolves)."""
+    from keras.src.backend import config as keras_config  # keras_home(): $KERAS_HOME read at import, or ~/.keras
+
+    base = os.path.expanduser(keras_config.keras_home())
+    if not os.access(base, os.W_OK):  # get_file falls back to /tmp/.keras in that case
+        base = os.path.join("/tmp", ".keras")
+    return os.path.join(base, "models", fname)
 
 
 def _build_imagenet(name: str, builder, image_size: int, model_name: str) -> keras.Model:
@@ -130,14 +192,61 @@ def _build_imagenet(name: str, builder, image_size: int, model_name: str) -> ker
     except Exception as exc:  # keras raises a bare Exception on a URL fetch failure
         raise WeightsError(
             f"ImageNet weights for backbone {name!r} could not be obtained ({type(exc).__name__}: {exc}). "
-            f"Keras looks for the file {fname!r} in ~/.keras/models/ (or $KERAS_HOME/models/) and downloads it "
-            f"when missing. Offline: download https://storage.googleapis.com/keras-applications/{fname} on a "
-            f"machine with network, copy it here and set `model.weights: /path/to/{fname}` "
+            f"Keras looks for the file {fname!r} at {keras_cache_file(fname)} (set KERAS_HOME to move it) and "
+            f"downloads it when missing. Offline: download https://storage.googleapis.com/keras-applications/{fname} "
+            f"on a machine with network, copy it here and set `model.weights: /path/to/{fname}` "
             f"(or use `model.weights: none` to train from random initialisation)."
         ) from exc
-    cached = os.path.join(os.path.expanduser(os.environ.get("KERAS_HOME", "~/.keras")), "models", fname)
+    cached = keras_cache_file(fname)
     if os.path.isfile(cached):
         _confirm_loaded(model, cached, name)
+    return model
+
+
+@contextlib.contextmanager
+def _keras_fetch_returns(path: str):
+    """While active, keras.applications' weight download step returns ``path`` instead of fetching.
+
+    Building with weights="imagenet" is the only way to get Keras' ImageNet-only layers (the input
+    Rescaling by 1/sqrt(std)); routing its fetch to the user's file builds exactly that network
+    without a download or a hash check against Google's file. Yields the file names Keras asked for.
+    """
+    from keras.src.utils import file_utils
+
+    asked: list = []
+    original = file_utils.get_file
+
+    def get_file(fname=None, origin=None, **kwargs):
+        asked.append(fname)
+        return path
+
+    file_utils.get_file = get_file
+    try:
+        yield asked
+    finally:
+        file_utils.get_file = original
+
+
+def _build_imagenet_from_file(name: str, builder, image_size: int, model_name: str, path: str) -> keras.Model:
+    _check_weights_file(path, name)
+    try:
+        with warnings.catch_warnings(), _keras_fetch_returns(path) as asked:
+            warnings.simplefilter("ignore")
+            model = builder(image_size, model_name, imagenet=True)
+    except Exception as exc:
+        detail = str(exc)
+        detail = detail if len(detail) <= 400 else detail[:400] + " ..."
+        raise WeightsError(
+            f"weights file {path!r} does not fit backbone {name!r} built as for weights='imagenet' "
+            f"(expected the keras.applications file {IMAGENET_FILES[name]!r}): {type(exc).__name__}: {detail}"
+        ) from exc
+    if not asked:
+        raise WeightsError(
+            f"building backbone {name!r} with ImageNet weights from {path!r}: this Keras version did not fetch "
+            "its weights through keras.src.utils.file_utils.get_file, so the file was not read; put the file "
+            f"at {keras_cache_file(IMAGENET_FILES[name])} and set model.weights: imagenet"
+        )
+    _confirm_loaded(model, path, name)
     return model
 
 
@@ -179,13 +288,8 @@ def _confirm_loaded(model: keras.Model, path: str, backbone_name: str) -> None:
 def load_backbone_weights(model: keras.Model, path: str, backbone_name: str = "") -> None:
     """Load a .weights.h5 / .h5 file into ``model`` strictly, then confirm the values arrived."""
     backbone_name = backbone_name or model.name
-    if not os.path.isfile(path):
-        raise WeightsError(
-            f"weights file {path!r} for backbone {backbone_name!r} does not exist; "
-            "set model.weights to an existing .weights.h5 / .h5 file, 'imagenet' or 'none'"
-        )
-    if not (path.endswith(".h5") or path.endswith(".hdf5")):
-        raise WeightsError(f"weights file {path!r} must be a .weights.h5 or .h5 file")
+    path = os.path.expanduser(path)
+    _check_weights_file(path, backbone_name)
     try:
         with warnings.catch_warnings():  # partial loads warn per layer; the value check below decides
             warnings.simplefilter("ignore")
@@ -197,3 +301,13 @@ def load_backbone_weights(model: keras.Model, path: str, backbone_name: str = ""
             f"weights file {path!r} does not fit backbone {backbone_name!r}: {type(exc).__name__}: {detail}"
         ) from exc
     _confirm_loaded(model, path, backbone_name)
+
+
+def _check_weights_file(path: str, backbone_name: str) -> None:
+    if not os.path.isfile(path):
+        raise WeightsError(
+            f"weights file {path!r} for backbone {backbone_name!r} does not exist; "
+            "set model.weights to an existing .weights.h5 / .h5 file, 'imagenet' or 'none'"
+        )
+    if not (path.endswith(".h5") or path.endswith(".hdf5")):
+        raise WeightsError(f"weights file {path!r} must be a .weights.h5 or .h5 file")

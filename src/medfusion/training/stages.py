@@ -3,7 +3,8 @@
 Each stage compiles afresh inside the strategy scope, computes its own steps_per_epoch
 from its own dataset, logs its trainable parameter count, monitors validation QWK and
 restores its best epoch. Freezing is explicit: backbones are frozen or unfrozen here and
-nowhere else, and BatchNorm layers stay frozen (and in inference mode) when unfrozen.
+nowhere else; BatchNorm layers stay frozen (and in inference mode) when unfrozen, except in
+the pre-training of a from-scratch backbone (training/pretrain.py).
 """
 
 from __future__ import annotations
@@ -56,17 +57,27 @@ class StageResult:
         return asdict(self)
 
 
-def set_backbones_trainable(model: keras.Model, trainable: bool, unfreeze_top: int | None = None) -> None:
+def set_backbones_trainable(model: keras.Model, trainable: bool, unfreeze_top: int | None = None,
+                            train_batchnorm: bool = False) -> None:
     """Freeze every backbone, or unfreeze it (all layers, or the top N weight-carrying non-BatchNorm ones).
 
-    BatchNorm layers are kept frozen in both cases: their statistics were estimated on far
-    more data than one fold, and the backbones are called with training=False anyway.
+    Frozen, a backbone runs fully in inference mode (models.backbones.Backbone). Unfrozen,
+    BatchNorm stays frozen (inference mode, statistics fixed) unless ``train_batchnorm``: only
+    the pre-training of a from-scratch backbone (weights: none) estimates its statistics; Stage 2
+    and the fine-tune of pretrained weights keep them, because one fold's small batches wreck them.
+    Recompile after calling this (run_stage does).
     """
+    if train_batchnorm and unfreeze_top is not None:
+        raise ValueError("train_batchnorm=True trains the whole backbone; it cannot be combined with unfreeze_top")
     for bb in backbone_layers(model):
         if not trainable:
             bb.trainable = False
             continue
-        bb.trainable = True
+        bb.trainable = True  # a functional model does not pass this on to its layers: set each one
+        if train_batchnorm:
+            for layer in bb.layers:
+                layer.trainable = True  # every layer, BatchNorm included
+            continue
         weighted = [layer for layer in bb.layers
                     if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)]
         chosen = set(id(layer) for layer in (weighted if unfreeze_top is None else weighted[-unfreeze_top:]))
