@@ -67,7 +67,8 @@ def test_a_dataset_file_named_oracle_csv_that_is_not_one_is_ignored(tmp_path, ca
 
     (tmp_path / "oracle.csv").write_text("a,b\n1,2\n")
     cfg = load_config(ROOT / "configs" / "demo.yaml", {"data.data_dir": str(tmp_path)})
-    assert Search(cfg, None)._load_oracle() is None
+    assert Search(cfg, None).oracle_ref.table is None
+    assert "has no sample_id column" in caplog.text
 
 
 def test_two_modalities_reading_one_folder_are_refused():

@@ -91,7 +91,8 @@ def _labels(counts: dict) -> np.ndarray:
     return np.concatenate([np.full(int(counts.get(c, 0)), i) for i, c in enumerate(CLASSES)]).astype(int)
 
 
-def write_run(root: Path, jobs: list[dict], folds: int | None = None, predictions: bool = True) -> Path:
+def write_run(root: Path, jobs: list[dict], folds: int | None = None, predictions: bool = True,
+              selection: str = "inner") -> Path:
     """Write a run folder as search.py does: config.yaml, jobs/, predictions/, results.csv, summary.csv."""
     run = root / "run"
     folds = folds if folds is not None else len({j["fold"] for j in jobs})
@@ -100,7 +101,7 @@ def write_run(root: Path, jobs: list[dict], folds: int | None = None, prediction
         "model: {backbone: tiny, weights: none}\n"
         "train: {batch_size: 16, max_alpha_ratio: 3.0, pretrain: {epochs: 5, lr: 0.002}, "
         "stage1: {epochs: 5, lr: 0.0005}, stage2: {epochs: 5, lr: 0.0001}}\n"
-        f"search: {{cv_folds: {folds}, seed: 42}}\n")
+        f"search: {{cv_folds: {folds}, seed: 42, selection: {selection}}}\n")
     rows = []
     for job in jobs:
         path = run / "jobs" / job["combination"] / f"fold_{job['fold']}.json"
@@ -337,6 +338,35 @@ def test_fusion_below_in_a_minority_of_folds_is_info(tmp_path):
 
     hits, _ = only(findings_for(tmp_path, planted(mutate, folds=3)), "fusion_not_helping")
     assert [(f.severity, f.evidence["folds_below"], f.evidence["n_folds"]) for f in hits] == [("info", 1, 3)]
+
+
+def _comparisons(run: Path, delta: float, lo: float, hi: float) -> None:
+    pd.DataFrame([{"combination": "metadata+depth_rgb", "best_member": "metadata", "delta_visit_qwk": delta,
+                   "ci_low": lo, "ci_high": hi, "folds_won": 0, "n_folds": 2}]).to_csv(run / "comparisons.csv",
+                                                                                        index=False)
+
+
+@pytest.mark.parametrize("delta, lo, hi, want", [(-0.08, -0.15, -0.01, "warning"), (-0.02, -0.10, 0.05, "info"),
+                                                 (0.03, -0.01, 0.07, "info"), (0.08, 0.02, 0.13, None)])
+def test_fusion_finding_reads_the_paired_interval(tmp_path, delta, lo, hi, want):
+    """With comparisons.csv the finding follows the interval, not raw per-fold deficits (planted: 2 of 2 below)."""
+    def mutate(j):
+        j["metadata+depth_rgb", 0]["metrics"]["qwk"] = 0.40
+        j["metadata+depth_rgb", 1]["metrics"]["qwk"] = 0.30
+
+    run = write_run(tmp_path, planted(mutate))
+    _comparisons(run, delta, lo, hi)
+    hits, _ = only(review_findings(load_run(run)), "fusion_not_helping")
+    assert [f.severity for f in hits] == ([want] if want else [])
+    if hits:
+        assert f"[{lo:+.3f}, {hi:+.3f}]" in hits[0].message and hits[0].evidence["best_member"] == "metadata"
+
+
+def test_outer_selection_run_is_flagged(tmp_path):
+    hits, others = only(review_findings(load_run(write_run(tmp_path, healthy_jobs(), selection="outer"))),
+                        "selection_on_reported_fold")
+    assert [f.severity for f in hits] == ["warning"] and others == []
+    assert "optimistic" in hits[0].message
 
 
 # ----------------------------------------------------------------------------- alpha

@@ -8,8 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score
+
 from medfusion.data.synthetic import generate_demo
-from medfusion.search import RESULT_COLUMNS, SUMMARY_COLUMNS
+from medfusion.evaluation.aggregate import COMPARISON_COLUMNS, RESULT_COLUMNS, SUMMARY_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--set", "data.image_size=16", "--set", "train.pretrain.epochs=2", "--set", "train.stage1.epochs=2",
@@ -31,21 +33,34 @@ def _search(tmp_path, data_dir, *extra):
     return tmp_path / "logs" / "e2e", proc
 
 
-def _check_run_folder(run, combos, folds=2):
-    for name in ("config.yaml", "folds.json", "results.csv", "summary.csv", "run.log"):
+def _metadata_labels(data_dir) -> dict:
+    """visit key -> label index, read straight from the dataset's metadata.csv."""
+    meta = pd.read_csv(Path(data_dir) / "metadata.csv", encoding="utf-8-sig")
+    keys = [f"P{int(p):03d}{int(a):02d}{int(d)}" for p, a, d in zip(meta["Patient#"], meta["Appt#"], meta["DFU#"])]
+    return dict(zip(keys, meta["Healing Phase Abs"].str.strip().map({"I": 0, "P": 1, "R": 2})))
+
+
+def _sk_scores(y, pred) -> dict:
+    return {"qwk": cohen_kappa_score(y, pred, labels=[0, 1, 2], weights="quadratic"),
+            "accuracy": accuracy_score(y, pred), "f1_macro": f1_score(y, pred, labels=[0, 1, 2], average="macro",
+                                                                        zero_division=0)}
+
+
+def _check_run_folder(run, combos, data_dir, folds=2):
+    """Every number of results.csv / summary.csv recomputed independently from the prediction files."""
+    for name in ("config.yaml", "folds.json", "results.csv", "summary.csv", "comparisons.csv", "run.log"):
         assert (run / name).is_file(), name
     results = pd.read_csv(run / "results.csv")
     assert list(results.columns) == RESULT_COLUMNS
     assert len(results) == len(combos) * folds
     assert not results.duplicated(["combination", "fold"]).any()
     assert set(results["combination"]) == set(combos)
-    summary = pd.read_csv(run / "summary.csv")
-    assert list(summary.columns) == SUMMARY_COLUMNS and len(summary) == len(combos)
-    assert summary["qwk_mean"].is_monotonic_decreasing
+    assignment = json.loads((run / "folds.json").read_text())
+    labels = _metadata_labels(data_dir)
     for k in range(folds):
         text = (run / f"fold_{k}.log").read_text()
         for needle in ("train classes", "validation classes", "[stage1]", "trainable params", "transfer ",
-                       "epoch 1/"):
+                       "epoch 1/", "inner split", "fit on"):
             assert needle in text, (k, needle)
         for c in combos:
             job = json.loads((run / "jobs" / c / f"fold_{k}.json").read_text())
@@ -53,18 +68,48 @@ def _check_run_folder(run, combos, folds=2):
             assert sum(job["val_class_counts"].values()) == job["n_val"]
             if c != "metadata":
                 assert job["stages"]["stage1"]["history"]["val_qwk"] and job["transfer"][0]["verified"]
+                assert job["stages"]["stage1"]["n_train"] == job["n_fit"] < job["n_train"]  # fit part only
+                assert job["stages"]["stage1"]["n_val"] == job["n_selection"]
             pred = pd.read_csv(run / "predictions" / c / f"fold_{k}.csv")
-            assert list(pred.columns) == ["sample_id", "patient", "y_true", "p_I", "p_P", "p_R"]
+            assert list(pred.columns) == ["sample_id", "patient", "visit", "y_true", "p_I", "p_P", "p_R"]
+            assert sorted(pred["sample_id"]) == sorted(s for s, f in assignment.items() if f == k)
+            assert (pred["y_true"] == pred["visit"].map(labels)).all()
             assert (pred[["p_I", "p_P", "p_R"]].sum(axis=1) - 1).abs().max() < 1e-4
+            assert not set(pred["patient"]) & set(job["selection_patients"])
+            row = results[(results["combination"] == c) & (results["fold"] == k)].iloc[0]
+            view = _sk_scores(pred["y_true"], pred[["p_I", "p_P", "p_R"]].to_numpy().argmax(1))
+            visits = pred.groupby("visit").agg(y=("y_true", "first"), p_I=("p_I", "mean"), p_P=("p_P", "mean"),
+                                               p_R=("p_R", "mean"))
+            visit = _sk_scores(visits["y"], visits[["p_I", "p_P", "p_R"]].to_numpy().argmax(1))
+            for key in view:
+                assert abs(row[key] - view[key]) < 1e-5, (c, k, key)
+                assert abs(row[f"visit_{key}"] - visit[key]) < 1e-5, (c, k, key)
+            assert row["n_val"] == len(pred) and row["n_val_visits"] == len(visits)
+    summary = pd.read_csv(run / "summary.csv")
+    assert list(summary.columns) == SUMMARY_COLUMNS and len(summary) == len(combos)
+    assert summary["visit_qwk_mean"].is_monotonic_decreasing
+    g = results.groupby("combination")
+    for r in summary.itertuples():
+        assert abs(r.visit_qwk_mean - g["visit_qwk"].mean()[r.combination]) < 1e-5
+        assert abs(r.qwk_mean - g["qwk"].mean()[r.combination]) < 1e-5
+        assert abs(r.qwk_std - g["qwk"].std(ddof=1)[r.combination]) < 1e-5
+        assert r.visit_qwk_ci_low <= r.visit_qwk_pooled <= r.visit_qwk_ci_high
+    comparisons = pd.read_csv(run / "comparisons.csv")
+    assert list(comparisons.columns) == COMPARISON_COLUMNS
+    assert set(comparisons["combination"]) == {c for c in combos if "+" in c}
     return results
 
 
 @pytest.mark.slow
 def test_search_end_to_end(tmp_path, tiny_dataset):
     run, proc = _search(tmp_path, tiny_dataset, "--combinations", "metadata+depth_rgb")
-    results = _check_run_folder(run, ["metadata", "depth_rgb", "metadata+depth_rgb"])
+    results = _check_run_folder(run, ["metadata", "depth_rgb", "metadata+depth_rgb"], tiny_dataset)
     fused = results[results["combination"] == "metadata+depth_rgb"]
-    assert fused["fusion_rf_weight"].between(0, 1).all()
+    for k in (0, 1):  # the forest weight is the one fit on the selection split, and the model holds it
+        job = json.loads((run / "jobs" / "metadata+depth_rgb" / f"fold_{k}.json").read_text())
+        w = job["fusion_rf_weight"]
+        assert w["method"] == "selection_log_loss" and w["n_selection"] == job["n_selection"]
+        assert abs(fused[fused["fold"] == k]["fusion_rf_weight"].iloc[0] - w["end"]) < 1e-5
     assert fused["stage2_best_epoch"].notna().all()
     assert "metadata+depth_rgb" in proc.stderr + proc.stdout  # the final table is printed
     # the search ends with a review: findings printed, review.json, plots and report written
@@ -96,7 +141,7 @@ def test_check_data_mode(tmp_path, tiny_dataset):
 @pytest.mark.slow
 def test_search_with_two_cpu_replicas(tmp_path, tiny_dataset):
     run, proc = _search(tmp_path, tiny_dataset, "--combinations", "metadata+thermal_map", "--cpu_replicas", "2")
-    _check_run_folder(run, ["metadata", "thermal_map", "metadata+thermal_map"])
+    _check_run_folder(run, ["metadata", "thermal_map", "metadata+thermal_map"], tiny_dataset)
     log = (run / "run.log").read_text()
     assert "MirroredStrategy, 2 replica(s) in sync" in log
     assert "global batch 32" in (run / "fold_0.log").read_text()  # 16 per replica x 2 replicas

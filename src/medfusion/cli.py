@@ -28,6 +28,8 @@ FLAG_KEYS = {
     "verbosity": "runtime.verbosity",
     "resume_mode": "runtime.resume_mode",
     "deterministic": "runtime.deterministic",
+    "folds": "search.folds_file",
+    "selection": "search.selection",
 }
 
 
@@ -59,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "from_models / from_predictions: recompute outputs without training")
     p.add_argument("--deterministic", action="store_true", default=None,
                    help="TensorFlow op determinism: identical results for the same seed on the same machine")
+    p.add_argument("--folds", help="use this fold assignment (JSON: sample_id -> fold as in folds.json, or "
+                                   "patient -> fold) instead of computing one")
+    p.add_argument("--selection", choices=("inner", "outer"),
+                   help="inner (default): a patient-level part of each training fold makes every choice; outer: "
+                        "the reported fold chooses (the reference study's optimistic protocol, for comparison)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set train.stage2.lr=1e-5 (repeatable)")
     return p

@@ -146,6 +146,7 @@ class TrainConfig:
     # Stage 2 unfreezing: "all", or a positive integer N = the top N weight-carrying (non-BatchNorm) backbone
     # layers. There is deliberately no value meaning "never": to skip Stage 2 set stage2.epochs: 0.
     unfreeze: str = "all"
+    decision: str = "argmax"  # argmax | ordinal_thresholds (two cut points fit on the selection split)
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,13 @@ class SearchConfig:
     cv_folds: int = 5
     data_percentage: float = 100.0
     seed: int = 42
+    # inner: a patient-level part of each training fold makes every choice (best epochs, Stage 2 kept,
+    # fusion weight, decision rule) and the reported fold only scores; outer: the reference study's
+    # protocol (the reported fold chooses), for comparison only
+    selection: str = "inner"
+    selection_fraction: float = 0.2  # share of each training fold's patients held out for selection
+    folds_file: str = ""  # --folds: a fold assignment to use instead of computing one
+    bootstrap_resamples: int = 2000  # patient-level bootstrap for intervals and paired comparisons
 
 
 @dataclass(frozen=True)
@@ -435,6 +443,13 @@ def validate(cfg: Config) -> None:
         except ValueError as exc:
             raise ConfigError(f"config key 'search.combinations': {exc}") from None
     _check(s.cv_folds >= 2, "search.cv_folds", s.cv_folds, "must be >= 2")
+    _check(s.selection in ("inner", "outer"), "search.selection", s.selection, "inner or outer")
+    _check(0 < s.selection_fraction < 0.5, "search.selection_fraction", s.selection_fraction, "must be in (0, 0.5)")
+    _check(s.bootstrap_resamples >= 100, "search.bootstrap_resamples", s.bootstrap_resamples, "must be >= 100")
+    _check(not s.folds_file or Path(s.folds_file).expanduser().is_file(), "search.folds_file", s.folds_file,
+           "an existing JSON file (sample_id -> fold or patient -> fold)")
+    _check(t.decision in ("argmax", "ordinal_thresholds"), "train.decision", t.decision,
+           "argmax or ordinal_thresholds")
     _check(0 <= s.seed < 2**32, "search.seed", s.seed, "must be in [0, 2**32)")
     _check(0 < s.data_percentage <= 100, "search.data_percentage", s.data_percentage, "must be in (0, 100]")
     _check(r.device_mode in ("cpu", "single", "multi", "custom"), "runtime.device_mode", r.device_mode,

@@ -327,10 +327,12 @@ def render_markdown(run, findings, figures, plots, failed) -> str:
     if search.get("seed") is not None:
         facts.append(f"seed {search.get('seed')}")
     lines += ["; ".join(facts) + ".", "", "## Summary", "",
-              "Validation scores, mean and sample std over folds, best first.", ""]
+              "Outer validation scores (predicted once, after every choice was made on the inner selection "
+              "patients), best first: visit QWK mean over folds with a 95% patient-bootstrap interval of the "
+              "pooled out-of-fold visits, then per-view scores (mean and sample std over folds).", ""]
     summary = _summary(run)
-    cols = [c for c in ("n_folds", "qwk_mean", "qwk_std", "kappa_mean", "accuracy_mean", "f1_macro_mean")
-            if c in summary.columns]
+    cols = [c for c in ("n_folds", "visit_qwk_mean", "visit_qwk_ci_low", "visit_qwk_ci_high", "qwk_mean", "qwk_std",
+                        "kappa_mean", "accuracy_mean", "f1_macro_mean") if c in summary.columns]
     lines.append("| combination | " + " | ".join(cols) + " |")
     lines.append("| --- |" + " ---: |" * len(cols))
     for _, r in summary.iterrows():
@@ -340,6 +342,13 @@ def render_markdown(run, findings, figures, plots, failed) -> str:
         ref = run.oracle.groupby("reference")["qwk"].mean()
         lines += ["", "Reference (the Bayes oracle shipped with the dataset, same validation samples): " +
                   ", ".join(f"{k} {v:.4f}" for k, v in ref.items()) + "."]
+    comp = getattr(run, "comparisons", None)
+    if comp is not None and len(comp):
+        lines += ["", "Each fusion against its best single-modality member (pooled visit QWK difference, 95% paired "
+                  "patient-bootstrap interval, folds won):", "",
+                  "| combination | best member | difference | interval | folds won |", "| --- | --- | ---: | --- | ---: |"]
+        lines += [f"| {r.combination} | {r.best_member} | {r.delta_visit_qwk:+.4f} | [{r.ci_low:+.3f}, {r.ci_high:+.3f}] "
+                  f"| {r.folds_won} of {r.n_folds} |" for r in comp.itertuples()]
     counts = {s: sum(f.severity == s for f in findings) for s in SEVERITIES}
     lines += ["", "## Findings", "",
               f"{counts['error']} error(s), {counts['warning']} warning(s), {counts['info']} info. "

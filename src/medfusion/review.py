@@ -89,6 +89,7 @@ SUGGESTIONS = {
     "incomplete_run": "rerun the missing jobs; means over fewer folds are not comparable",
     "unreadable_record": "the job record is corrupt or from another version: rerun the job",
     "stage2_skipped": "set train.stage2.epochs > 0 to fine-tune the backbones",
+    "selection_on_reported_fold": "rerun with search.selection: inner (the default) for scores a paper can report",
 }
 
 
@@ -134,6 +135,7 @@ class RunRecords:
     config: dict = field(default_factory=dict)
     oracle: pd.DataFrame | None = None
     unreadable: list = field(default_factory=list)  # (path, error)
+    comparisons: pd.DataFrame | None = None  # comparisons.csv: paired bootstrap of each fusion vs its best member
 
     @property
     def combinations(self) -> list[str]:
@@ -199,7 +201,7 @@ def load_run(run_dir: Path) -> RunRecords:
             config = {}
     return RunRecords(run_dir, jobs, _read_csv(run_dir / "results.csv"), _read_csv(run_dir / "summary.csv"),
                       config if isinstance(config, dict) else {}, _read_csv(run_dir / "oracle_reference.csv"),
-                      unreadable)
+                      unreadable, _read_csv(run_dir / "comparisons.csv"))
 
 
 def summary_from_jobs(run: RunRecords) -> pd.DataFrame:
@@ -416,6 +418,9 @@ def check_learning_rate(run: RunRecords) -> list[Finding]:
 
 
 def check_fusion(run: RunRecords) -> list[Finding]:
+    """Fusion vs its best member: from comparisons.csv's paired interval when the run has one."""
+    if run.comparisons is not None and len(run.comparisons):
+        return check_fusion_interval(run)
     out = []
     for combo in run.combinations:
         members = combo.split("+")
@@ -456,6 +461,36 @@ def check_fusion(run: RunRecords) -> list[Finding]:
     return out
 
 
+def check_fusion_interval(run: RunRecords) -> list[Finding]:
+    """Worse with a paired interval below 0 is a warning; an interval that includes 0 is no evidence of a gain."""
+    out = []
+    for r in run.comparisons.itertuples():
+        ev = {"best_member": r.best_member, "delta_visit_qwk": round(float(r.delta_visit_qwk), 4),
+              "ci_low": round(float(r.ci_low), 4), "ci_high": round(float(r.ci_high), 4),
+              "folds_won": int(r.folds_won), "n_folds": int(r.n_folds)}
+        what = (f"pooled visit QWK {r.delta_visit_qwk:+.4f} vs its best member {r.best_member} "
+                f"(95% paired patient-bootstrap interval [{r.ci_low:+.3f}, {r.ci_high:+.3f}]; "
+                f"better in {r.folds_won} of {r.n_folds} folds)")
+        if r.ci_high < 0:
+            out.append(Finding("fusion_not_helping", "warning", r.combination, None, None,
+                               f"worse than its best member: {what}", ev))
+        elif r.ci_low <= 0:
+            out.append(Finding("fusion_not_helping", "info", r.combination, None, None,
+                               f"no evidence of a gain: {what}", ev))
+    return out
+
+
+def check_protocol(run: RunRecords) -> list[Finding]:
+    """A run whose reported folds also made the choices reports optimistic scores."""
+    selection = (run.config.get("search") or {}).get("selection", "outer")
+    if selection != "outer":
+        return []
+    return [Finding("selection_on_reported_fold", "warning", None, None, None,
+                    "search.selection is 'outer' (or the run predates the inner selection split): best epochs, "
+                    "Stage 2 keep/revert, the fusion weight and the decision rule were chosen on the very folds "
+                    "whose scores are reported, so every score is optimistic", {"selection": selection})]
+
+
 def check_alpha(run: RunRecords) -> list[Finding]:
     out = []
     for job in run.jobs:
@@ -484,7 +519,8 @@ def check_alpha(run: RunRecords) -> list[Finding]:
 
 def check_steps(run: RunRecords) -> list[Finding]:
     out = []
-    n_train_of = {(j["combination"], int(j["fold"])): j.get("n_train") for j in run.jobs}
+    # stages train on the fitting part of the fold's training patients (all of them with selection: outer)
+    n_train_of = {(j["combination"], int(j["fold"])): j.get("n_fit", j.get("n_train")) for j in run.jobs}
     for combo, fold, stage, sr in stage_records(run.jobs):
         steps, batch, n = sr.get("steps_per_epoch"), sr.get("batch"), sr.get("n_train")
         if not steps or not batch or not n:
@@ -596,7 +632,7 @@ def check_completeness(run: RunRecords) -> list[Finding]:
     return out
 
 
-CHECKS = (check_completeness, check_degenerate, check_no_learning, check_frozen, check_learning_rate, check_fusion,
+CHECKS = (check_protocol, check_completeness, check_degenerate, check_no_learning, check_frozen, check_learning_rate, check_fusion,
           check_alpha, check_steps, check_transfer, check_shift)
 
 

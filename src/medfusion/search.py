@@ -1,9 +1,12 @@
 """The search: every requested modality combination x every patient-level fold.
 
-Per fold: the metadata forest (fit on training patients only), one image pre-training per
+Per fold: the metadata forest (fit on one row per training visit), an inner patient-level
+split of the training part into fitting and selection patients, one image pre-training per
 image modality (shared by every combination containing it), then per combination a fusion
-model with strictly transferred weights, Stage 1 (backbones frozen) and Stage 2
-(backbones unfrozen, kept only if it improves validation QWK).
+model with strictly transferred weights, Stage 1 (backbones frozen) and Stage 2 (backbones
+unfrozen, kept only if it beats Stage 1 on the selection patients). The fusion weight and the
+decision rule are fit on the selection patients; the outer validation fold is predicted once,
+after every choice, and only the scorer reads its labels.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 import logging
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -25,9 +29,15 @@ import tensorflow as tf
 from medfusion.config import Config, ConfigError, config_to_dict, config_yaml, result_differences, unfreeze_layers
 from medfusion.constants import PRETRAIN_CACHE_DIR
 from medfusion.constants import CLASSES, IMAGE_MODALITIES, MODALITIES, all_combinations, canonical_combination, image_modalities_of
-from medfusion.data.folds import check_fold_classes, check_folds, fold_indices, make_folds, subsample_patients
+from medfusion.data.folds import (check_fold_classes, check_folds, fold_indices, make_folds, read_fold_file,
+                                  selection_split, subsample_patients)
 from medfusion.data.manifest import Manifest
 from medfusion.models.losses import equal_alpha, focal_alpha
+from medfusion.evaluation.aggregate import compare, format_summary, pooled_by_combination, results_frame, row_from_job, summarize
+from medfusion.evaluation.decisions import decide, fit_decision, fit_fusion_weight
+from medfusion.evaluation.oracle import OracleReference
+from medfusion.evaluation.visits import PROBA_COLUMNS, visit_scores
+from medfusion.models.fusion import fusion_layer
 from medfusion.models.metrics import score_predictions
 from medfusion.runs import (FileLog, RunState, atomic_write_csv, atomic_write_json, atomic_write_text, crash_point,
                             prepare_run_dir, remove_stale_temporaries)
@@ -43,11 +53,15 @@ from medfusion.training.transfer import transfer_weights
 
 log = logging.getLogger("medfusion")
 
-RESULT_COLUMNS = ["combination", "fold", "n_val", "qwk", "kappa", "accuracy", "f1_macro", "f1_weighted",
-                  "f1_I", "f1_P", "f1_R", "stage1_best_epoch", "stage1_qwk", "stage2_best_epoch", "stage2_qwk",
-                  "stage2_kept", "backbone_change", "fusion_rf_weight"]
-SUMMARY_COLUMNS = ["combination", "n_folds", "qwk_mean", "qwk_std", "kappa_mean", "kappa_std", "accuracy_mean",
-                   "f1_macro_mean", "f1_weighted_mean"]
+
+
+@dataclass(frozen=True)
+class FoldSplit:
+    """Positional indices of one fold: outer train/val, and the train part's fitting/selection split."""
+    train: np.ndarray
+    val: np.ndarray
+    fit: np.ndarray
+    sel: np.ndarray
 
 
 def resolve_combinations(cfg: Config) -> list[str]:
@@ -92,9 +106,10 @@ class Search:
         self.cfg, self.strategy = cfg, strategy
         self.combinations = resolve_combinations(cfg)
         self.image_modalities = [m for m in IMAGE_MODALITIES if any(m in image_modalities_of(c) for c in self.combinations)]
-        self.oracle_rows: list[dict] = []
         self.run_dir = Path(cfg.runtime.logs_dir) / cfg.runtime.run_name
         self.cache_dir = Path(cfg.runtime.logs_dir) / PRETRAIN_CACHE_DIR
+        self.oracle_ref = OracleReference(cfg.data.data_dir, self.run_dir,
+                                          {m for c in self.combinations for m in c.split("+")})
 
     # ------------------------------------------------------------------ run folder and modes
     def _open_run(self) -> bool:
@@ -136,7 +151,12 @@ class Search:
             check_folds(manifest, assignment)
             log.info("folds: reusing %s", path)
             return assignment
-        assignment = make_folds(manifest, self.cfg.search.cv_folds, self.cfg.search.seed)
+        if self.cfg.search.folds_file:
+            assignment = read_fold_file(self.cfg.search.folds_file, manifest, self.cfg.search.cv_folds)
+            log.info("folds: read from %s (validated: every sample covered, no patient in two folds)",
+                     self.cfg.search.folds_file)
+        else:
+            assignment = make_folds(manifest, self.cfg.search.cv_folds, self.cfg.search.seed)
         atomic_write_json(path, assignment)
         return assignment
 
@@ -178,7 +198,6 @@ class Search:
             self.assignment = self._folds(manifest, resuming)
             for warning in check_fold_classes(manifest, self.assignment, cfg.search.cv_folds):
                 log.warning("%s", warning)
-            self.oracle = self._load_oracle()
             self.crops = {}
             for m in self.image_modalities:
                 from medfusion.data.images import load_crops
@@ -201,16 +220,36 @@ class Search:
             shutil.rmtree(ckpts)  # only empty job folders are left once every job is recorded
         if self.cfg.runtime.resume_mode == "from_predictions":
             self.rescore_from_predictions()
-        rows = self.result_rows()
-        atomic_write_csv(self.run_dir / "results.csv", results_frame(rows))
-        summary = summarize(results_frame(rows))
+        results = results_frame(self.result_rows())
+        visits = pooled_by_combination(self.fold_predictions())
+        s = self.cfg.search
+        summary = summarize(results, visits, s.bootstrap_resamples, s.seed)
+        comparisons = compare(summary, results, visits, s.bootstrap_resamples, s.seed)
+        atomic_write_csv(self.run_dir / "results.csv", results)
         atomic_write_csv(self.run_dir / "summary.csv", summary)
-        log.warning("\n%s", format_summary(summary, self._oracle_summary()))
+        atomic_write_csv(self.run_dir / "comparisons.csv", comparisons)
+        if s.selection == "outer":
+            log.warning("search.selection is 'outer': epochs, Stage 2, the fusion weight and the decision rule were "
+                        "chosen on the reported folds, so these scores are optimistic (the reference study's "
+                        "protocol, for comparison only)")
+        log.warning("\n%s", format_summary(summary, comparisons, self.oracle_ref.summary()))
         log.warning("search finished in %.1f min; results in %s", (time.time() - t0) / 60, self.run_dir)
         from medfusion.review import run_review
 
         run_review(self.run_dir, strict=False, log=log)
         return summary
+
+    def fold_predictions(self) -> dict:
+        """combination -> [(prediction table, decision rule)] of every finished fold, from the run folder."""
+        out: dict = {}
+        for rec in self.state.done_jobs():
+            combo, k = rec["combination"], rec["fold"]
+            pred = read_run_csv(self.run_dir / "predictions" / combo / f"fold_{k}.csv")
+            if "visit" not in pred.columns:  # written before visits were recorded: each view is its own visit
+                pred["visit"] = pred["sample_id"]
+            job = read_run_json(self.run_dir / "jobs" / combo / f"fold_{k}.json")
+            out.setdefault(combo, []).append((pred, job.get("decision")))
+        return out
 
     def pending(self, k: int) -> list[str]:
         todo = []
@@ -225,28 +264,54 @@ class Search:
                 todo.append(combo)
         return todo
 
+    def split(self, k: int) -> FoldSplit:
+        """Fold k's outer training/validation indices and the fitting/selection split of its training part."""
+        s, manifest = self.cfg.search, self.manifest
+        tr, va = fold_indices(manifest, self.assignment, k)
+        if s.selection == "outer":
+            return FoldSplit(tr, va, tr, va)
+        fit, sel = selection_split(manifest, tr, s.selection_fraction, s.seed + k)
+        if set(manifest.labels[fit]) != set(range(len(CLASSES))):
+            raise ValueError(f"fold {k}: the fitting part of the inner selection split lacks a class "
+                             f"({_distribution(manifest.labels[fit])}); lower search.selection_fraction or "
+                             "--cv_folds, or add patients")
+        return FoldSplit(tr, va, fit, sel)
+
+    def _log_split(self, k: int, sp: FoldSplit) -> dict:
+        m, cfg = self.manifest, self.cfg
+        pats = lambda idx: len(set(m.patients[idx]))  # noqa: E731
+        log.info("=== fold %d/%d: train %d samples / %d patients, validation %d samples / %d patients",
+                 k + 1, cfg.search.cv_folds, len(sp.train), pats(sp.train), len(sp.val), pats(sp.val))
+        log.info("fold %d train classes: %s", k, _distribution(m.labels[sp.train]))
+        log.info("fold %d validation classes: %s", k, _distribution(m.labels[sp.val]))
+        if cfg.search.selection == "inner":
+            log.info("fold %d inner split: fitting %d samples / %d patients (%s); selection %d samples / %d patients "
+                     "(%s) makes every choice; the validation fold is only scored", k, len(sp.fit), pats(sp.fit),
+                     _distribution(m.labels[sp.fit]), len(sp.sel), pats(sp.sel), _distribution(m.labels[sp.sel]))
+        else:
+            log.warning("fold %d: search.selection is 'outer': the validation fold picks epochs, Stage 2, the "
+                        "fusion weight and the decision rule (optimistic scores)", k)
+        return {"n_train": len(sp.train), "n_val": len(sp.val), "train_patients": pats(sp.train),
+                "val_patients": pats(sp.val), "train_class_counts": _counts(m.labels[sp.train]),
+                "val_class_counts": _counts(m.labels[sp.val]), "selection": cfg.search.selection,
+                "n_fit": len(sp.fit), "n_selection": len(sp.sel),
+                "selection_patients": sorted(int(p) for p in set(m.patients[sp.sel]))
+                if cfg.search.selection == "inner" else None}
+
     def run_fold(self, k: int) -> None:
         cfg, manifest = self.cfg, self.manifest
-        tr, va = fold_indices(manifest, self.assignment, k)
-        y_tr, y_va = manifest.labels[tr], manifest.labels[va]
-        log.info("=== fold %d/%d: train %d samples / %d patients, validation %d samples / %d patients",
-                 k + 1, cfg.search.cv_folds, len(tr), len(set(manifest.patients[tr])), len(va),
-                 len(set(manifest.patients[va])))
-        log.info("fold %d train classes: %s", k, _distribution(y_tr))
-        log.info("fold %d validation classes: %s", k, _distribution(y_va))
-        self._oracle_scores(k, va)
+        sp = self.split(k)
+        fold_info = self._log_split(k, sp)
+        self.oracle_ref.score_fold(k, manifest.samples["sample_id"].iloc[sp.val], manifest.labels[sp.val])
         todo = self.pending(k)
         if not todo:
             return
         seed = cfg.search.seed + k
-        p_tr, p_va = self.forest(k, tr, va, seed) if any("metadata" in c.split("+") for c in todo) else (None, None)
+        p_meta = self.forest(k, sp.train, sp.val, seed) if any("metadata" in c.split("+") for c in todo) else None
         pretrained = {}
         for m in self.image_modalities:
             if any(m in image_modalities_of(c) for c in todo):
-                pretrained[m] = self.pretrain(k, m, tr, va, seed)
-        fold_info = {"n_train": len(tr), "n_val": len(va), "train_patients": len(set(manifest.patients[tr])),
-                     "val_patients": len(set(manifest.patients[va])), "train_class_counts": _counts(y_tr),
-                     "val_class_counts": _counts(y_va)}
+                pretrained[m] = self.pretrain(k, m, sp.fit, sp.sel, seed)
         for combo in todo:
             t = time.time()
             log.info("--- fold %d job %s", k, combo)
@@ -254,57 +319,80 @@ class Search:
                    "max_alpha_ratio": cfg.train.max_alpha_ratio}
             files = []
             if combo == "metadata":
-                proba = p_va
+                proba_sel, proba = p_meta[sp.sel], p_meta[sp.val]
             else:
                 for m in image_modalities_of(combo):
-                    model, result, key, reused = pretrained[m]
+                    _, result, key, reused = pretrained[m]
                     job["pretrain"][m] = {**result.to_dict(), "cache_key": key, "reused": reused}
                     log.info("  pre-trained %s: %s cache entry %s", m, "reused" if reused else "trained this run", key)
-                model, proba = self.train_combination(combo, k, tr, va, p_tr, p_va, pretrained, seed, job)
+                model, proba_sel, proba = self.train_combination(combo, k, sp, p_meta, pretrained, seed, job)
                 weights = f"models/{combo}/fold_{k}.npz"
                 save_arrays(self.run_dir / weights, {"model": ckpt_values(model.variables)})
                 files.append(weights)
+            job["decision"] = fit_decision(cfg.train.decision, proba_sel, manifest.labels[sp.sel])
+            if job["decision"]["kind"] != "argmax":
+                log.info("  decision rule fit on the selection split: thresholds %s on the expected class index "
+                         "(selection QWK %.4f)", job["decision"]["thresholds"], job["decision"]["selection_qwk"])
             job["seconds"] = round(time.time() - t, 2)
-            files += self._record(combo, k, va, proba, job)
+            files += self._record(combo, k, sp.val, proba, job)
             self.state.mark_done(combo, k, files)
             shutil.rmtree(self.run_dir / "checkpoints" / combo / f"fold_{k}", ignore_errors=True)
-            log.info("--- fold %d job %s done in %.1fs: QWK %.4f", k, combo, time.time() - t, job["metrics"]["qwk"])
+            log.info("--- fold %d job %s done in %.1fs: QWK %.4f, visit QWK %.4f", k, combo, time.time() - t,
+                     job["metrics"]["qwk"], job["metrics"]["visit_qwk"])
             atomic_write_csv(self.run_dir / "results.csv", results_frame(self.result_rows()))
             crash_point("job_done")
             gc.collect()
 
-    def forest(self, k, tr, va, seed):
-        """Forest probabilities of fold k (out-of-fold for training rows), computed once and kept."""
+    def forest(self, k, tr, va, seed) -> np.ndarray:
+        """Forest probabilities for every sample of fold k (NaN elsewhere), computed once and kept.
+
+        Fit on one row per training visit (a visit's views share its metadata row, so per-view
+        rows would be duplicates weighted by view count); training visits get out-of-fold
+        probabilities from an inner patient-grouped split; every view gets its visit's row.
+        """
         path = self.run_dir / "forest" / f"fold_{k}.npz"
+        out = np.full((len(self.manifest), len(CLASSES)), np.nan)
         groups = None
         if path.is_file():
             try:
                 groups = read_run_arrays(path, load_arrays)
             except RunFolderError as exc:
                 log.warning("%s; the forest is recomputed (it is deterministic)", str(exc).split(". To continue")[0])
-        if groups is not None and {"train", "val"} <= set(groups):
+        if groups is not None and {"train", "val", "per_visit"} <= set(groups):
             if groups["train"][0].shape[0] == len(tr) and groups["val"][0].shape[0] == len(va):
                 log.info("fold %d metadata forest: probabilities reused from %s", k, path)
-                return groups["train"][0], groups["val"][0]
+                out[tr], out[va] = groups["train"][0], groups["val"][0]
+                return out
         from medfusion.models.random_forest import MetadataForest
 
         t = time.time()
-        features = self.manifest.feature_columns
-        samples = self.manifest.samples
-        p_tr, p_va = MetadataForest(self.cfg.forest, seed).fit_predict(
-            samples.iloc[tr][features].reset_index(drop=True), self.manifest.labels[tr], self.manifest.patients[tr],
-            samples.iloc[va][features].reset_index(drop=True))
-        save_arrays(path, {"train": [p_tr], "val": [p_va]})
-        log.info("fold %d metadata forest: %d features, inner out-of-fold probabilities for training rows, %.1fs",
-                 k, len(features), time.time() - t)
-        return p_tr, p_va
+        samples, features = self.manifest.samples, self.manifest.feature_columns
+        visit = samples["visit"].to_numpy()
+        first_tr = pd.Series(tr).groupby(visit[tr], sort=True).first().to_numpy()
+        first_va = pd.Series(va).groupby(visit[va], sort=True).first().to_numpy()
+        p_vis_tr, p_vis_va = MetadataForest(self.cfg.forest, seed).fit_predict(
+            samples.iloc[first_tr][features].reset_index(drop=True), self.manifest.labels[first_tr],
+            self.manifest.patients[first_tr], samples.iloc[first_va][features].reset_index(drop=True))
+        by_visit = {**dict(zip(visit[first_tr], p_vis_tr)), **dict(zip(visit[first_va], p_vis_va))}
+        out[tr] = np.stack([by_visit[v] for v in visit[tr]])
+        out[va] = np.stack([by_visit[v] for v in visit[va]])
+        save_arrays(path, {"train": [out[tr]], "val": [out[va]], "per_visit": [np.ones(1)]})
+        log.info("fold %d metadata forest: fit on %d training visits (one row per visit, %d views), %d features, "
+                 "inner out-of-fold probabilities for training visits, %.1fs", k, len(first_tr), len(tr),
+                 len(features), time.time() - t)
+        return out
 
     def pretrain_key(self, modality, tr, va, seed) -> str:
         """Hash of everything that determines a pre-training's result."""
+        from medfusion import __version__
+        from medfusion.models.backbones import weights_file_sha256
+
         cfg = self.cfg
         crops = self.crops[modality][tr]
         payload = {
-            "version": 1, "modality": modality, "train_ids": self.manifest.samples["sample_id"].iloc[tr].tolist(),
+            # version 2: warm-up + fine-tune recipe, from-scratch BatchNorm trained, ImageNet input scaling from files
+            "version": 2, "medfusion": __version__, "weights_sha256": weights_file_sha256(cfg.model.weights),
+            "modality": modality, "train_ids": self.manifest.samples["sample_id"].iloc[tr].tolist(),
             "labels": self.manifest.labels[tr].tolist(), "crops_sha256": hashlib.sha256(crops.tobytes()).hexdigest(),
             "image_size": cfg.data.image_size, "box_margin": cfg.data.box_margin,
             "model": config_to_dict(cfg.model), "pretrain": config_to_dict(cfg.train.pretrain),
@@ -326,28 +414,32 @@ class Search:
 
     def pretrain(self, k, modality, tr, va, seed):
         from medfusion.models.fusion import build_pretrain_model
+        from medfusion.training.pretrain import pretrain_phases, run_pretraining
 
         cfg = self.cfg
         key = self.pretrain_key(modality, tr, va, seed)
         self._set_aside_if_damaged(self.cache_dir / key, "pre-training cache entry")
-        ckpt = StageCheckpoint(self.cache_dir / key)
-        reused = ckpt.completed() is not None
-        log.info("--- fold %d pre-training %s: cache key %s (%s)", k, modality, key,
-                 "found, reused" if reused else "training; equal alpha, whole model trainable")
+        reused = StageCheckpoint(self.cache_dir / key).completed() is not None
+        log.info("--- fold %d pre-training %s: cache key %s (%s)", k, modality, key, "found, reused" if reused else
+                 "training; equal alpha; phases " + ", ".join(name for name, _ in pretrain_phases(cfg)))
         keras.utils.set_random_seed(seed)
         with self.strategy.scope():
             model = build_pretrain_model(modality, cfg.model, cfg.data.image_size)
         y = self.manifest.labels
-        result = run_stage(f"pretrain {modality}", model, self.strategy,
-                           ({modality: self.crops[modality][tr]}, y[tr]), ({modality: self.crops[modality][va]}, y[va]),
-                           cfg.train.pretrain, equal_alpha(3), cfg.train.focal_gamma, cfg.train.batch_size, seed,
-                           cfg.train.augment, checkpoint=ckpt)
+        result = run_pretraining(modality, model, self.strategy, ({modality: self.crops[modality][tr]}, y[tr]),
+                                 ({modality: self.crops[modality][va]}, y[va]), cfg, seed,
+                                 checkpoint_dir=self.cache_dir / key)
         if not reused:
             atomic_write_json(self.cache_dir / key / "origin.json",
                               {"run": cfg.runtime.run_name, "fold": k, "modality": modality})
         return model, result, key, reused
 
-    def train_combination(self, combo, k, tr, va, p_tr, p_va, pretrained, seed, job):
+    def train_combination(self, combo, k, sp, p_meta, pretrained, seed, job):
+        """Transfer, Stage 1, Stage 2 on the fitting part; every choice on the selection part.
+
+        Returns (model, selection probabilities, validation probabilities); the validation fold
+        is predicted once, after the last choice.
+        """
         from medfusion.models.fusion import build_fusion_model
 
         cfg = self.cfg
@@ -363,46 +455,70 @@ class Search:
             report = transfer_weights(pretrained[m][0], model, exclude=("output",))
             log.info("  %s", report.summary())
             job["transfer"].append(report.to_dict())
-        train = (_inputs(self.crops, tr, mods, p_tr if has_meta else None), y[tr])
-        val = (_inputs(self.crops, va, mods, p_va if has_meta else None), y[va])
-        alpha = focal_alpha(y[tr], 3, cfg.train.max_alpha_ratio)
+        inputs = lambda idx: _inputs(self.crops, idx, mods, p_meta[idx] if has_meta else None)  # noqa: E731
+        train, sel = (inputs(sp.fit), y[sp.fit]), (inputs(sp.sel), y[sp.sel])
+        alpha = focal_alpha(y[sp.fit], 3, cfg.train.max_alpha_ratio)
         job["alpha"] = [float(a) for a in alpha]
+        fusion = fusion_layer(model)
+        honest_weight = fusion is not None and cfg.search.selection == "inner"
+        if honest_weight:  # set afterwards on the selection split, where neither branch was fit
+            fusion.trainable = False
         set_backbones_trainable(model, False)
         s1_ckpt = StageCheckpoint(ckpt_dir / "stage1")
-        s1 = run_stage("stage1", model, self.strategy, train, val, cfg.train.stage1, alpha, cfg.train.focal_gamma,
+        s1 = run_stage("stage1", model, self.strategy, train, sel, cfg.train.stage1, alpha, cfg.train.focal_gamma,
                        cfg.train.batch_size, seed, cfg.train.augment, checkpoint=s1_ckpt)
         job["stages"]["stage1"] = s1.to_dict()
         w_end = s1.fusion_rf_weight_end
         if cfg.train.stage2.epochs > 0:
-            set_backbones_trainable(model, True, unfreeze_layers(cfg.train.unfreeze))
-            before = backbone_snapshot(model)
-            s2_ckpt = StageCheckpoint(ckpt_dir / "stage2")
-            fresh = s2_ckpt.completed() is None
-            s2 = run_stage("stage2", model, self.strategy, train, val, cfg.train.stage2, alpha,
-                           cfg.train.focal_gamma, cfg.train.batch_size, seed + 1000, cfg.train.augment,
-                           checkpoint=s2_ckpt)
-            if fresh or s2.backbone_change is None:
-                s2.backbone_change = relative_change(before, backbone_snapshot(model))
-                s2_ckpt.save_final(model, s2.to_dict())
-            kept = s2.best_val_qwk > s1.best_val_qwk
-            log.info("  [stage2] relative backbone weight change %.3e; val QWK %.4f vs Stage 1 %.4f -> %s",
-                     s2.backbone_change, s2.best_val_qwk, s1.best_val_qwk,
-                     "kept Stage 2" if kept else "reverted to Stage 1 weights")
-            job["stages"]["stage2"] = s2.to_dict()
-            job["stage2_kept"] = kept
-            if kept:
-                w_end = s2.fusion_rf_weight_end
-            else:
-                s1_ckpt.load_final(model)
+            w_end = self._stage2(model, ckpt_dir, train, sel, alpha, seed, s1, s1_ckpt, job) or w_end
         else:
             log.info("  [stage2] skipped: train.stage2.epochs is 0")
             job["stage2_skipped"] = True
-        if has_meta:
-            job["fusion_rf_weight"] = {"start": s1.fusion_rf_weight_start, "end": w_end}
-        proba = predict(model, val[0], max(cfg.train.batch_size, 32))
-        return model, proba
+        batch = max(cfg.train.batch_size, 32)
+        if honest_weight:
+            job["fusion_rf_weight"] = self._fit_fusion_weight(model, sel, mods, batch)
+        elif fusion is not None:
+            job["fusion_rf_weight"] = {"start": s1.fusion_rf_weight_start, "end": w_end, "method": "trained"}
+        proba_sel = predict(model, sel[0], batch)
+        return model, proba_sel, predict(model, inputs(sp.val), batch)
 
-    # ------------------------------------------------------------------ recomputation modes
+    def _stage2(self, model, ckpt_dir, train, sel, alpha, seed, s1, s1_ckpt, job):
+        """Stage 2, kept only if it beats Stage 1 on the selection split; returns its end fusion weight if kept."""
+        cfg = self.cfg
+        set_backbones_trainable(model, True, unfreeze_layers(cfg.train.unfreeze))
+        before = backbone_snapshot(model)
+        s2_ckpt = StageCheckpoint(ckpt_dir / "stage2")
+        fresh = s2_ckpt.completed() is None
+        s2 = run_stage("stage2", model, self.strategy, train, sel, cfg.train.stage2, alpha,
+                       cfg.train.focal_gamma, cfg.train.batch_size, seed + 1000, cfg.train.augment,
+                       checkpoint=s2_ckpt)
+        if fresh or s2.backbone_change is None:
+            s2.backbone_change = relative_change(before, backbone_snapshot(model))
+            s2_ckpt.save_final(model, s2.to_dict())
+        kept = s2.best_val_qwk > s1.best_val_qwk
+        log.info("  [stage2] relative backbone weight change %.3e; selection QWK %.4f vs Stage 1 %.4f -> %s",
+                 s2.backbone_change, s2.best_val_qwk, s1.best_val_qwk,
+                 "kept Stage 2" if kept else "reverted to Stage 1 weights")
+        job["stages"]["stage2"] = s2.to_dict()
+        job["stage2_kept"] = kept
+        if not kept:
+            s1_ckpt.load_final(model)
+            return None
+        return s2.fusion_rf_weight_end
+
+    def _fit_fusion_weight(self, model, sel, mods, batch) -> dict:
+        """The forest weight that best mixes the two branches' selection-split probabilities (log loss)."""
+        x, y = sel
+        image_model = keras.Model({m: model.input[m] for m in mods}, model.get_layer("image_classifier").output)
+        p_img = predict(image_model, {m: x[m] for m in mods}, batch)
+        fusion = fusion_layer(model)
+        fit = fit_fusion_weight(x["metadata"], p_img, y, fusion.rf_weight())
+        fusion.set_rf_weight(fit["weight"])
+        log.info("  fusion weight fit on the selection split (%d samples; neither branch was fit on them): forest "
+                 "weight %.3f -> %.3f, selection log loss %.4f", fit["n"], fit["init"], fit["weight"], fit["log_loss"])
+        return {"start": fit["init"], "end": fusion.rf_weight(), "method": "selection_log_loss",
+                "selection_log_loss": fit["log_loss"], "n_selection": fit["n"]}
+
     def predict_fold(self, k: int) -> None:
         """--resume_mode from_models: new predictions from each finished job's saved weights."""
         from medfusion.models.fusion import build_fusion_model
@@ -446,124 +562,42 @@ class Search:
                                      "new --run_name.")
             job_path = self.run_dir / "jobs" / combo / f"fold_{k}.json"
             pred = read_run_csv(self.run_dir / "predictions" / combo / f"fold_{k}.csv")
+            if "visit" not in pred.columns:
+                pred["visit"] = pred["sample_id"]
             job = read_run_json(job_path)
-            proba = pred[["p_I", "p_P", "p_R"]].to_numpy()
-            job["metrics"] = score_predictions(pred["y_true"].to_numpy(), proba)
-            job["val_pred_counts"] = dict(zip(CLASSES, np.bincount(proba.argmax(1), minlength=3).tolist()))
+            job.update(self._scores(pred, job.get("decision")))
             atomic_write_json(job_path, job)
             files = [f for f in rec["files"] if not f.startswith("jobs/")] + [f"jobs/{combo}/fold_{k}.json"]
             self.state.mark_done(combo, k, files)
         log.info("from_predictions: %d jobs rescored from their prediction files", len(self.state.done_jobs()))
 
     # ------------------------------------------------------------------ outputs
+    @staticmethod
+    def _scores(pred: pd.DataFrame, rule) -> dict:
+        """Per-view and per-visit metrics and predicted-class counts of one prediction table."""
+        proba = pred[PROBA_COLUMNS].to_numpy()
+        metrics = {**score_predictions(pred["y_true"].to_numpy(), proba, rule), **visit_scores(pred, rule)}
+        counts = np.bincount(decide(proba, rule), minlength=len(CLASSES))
+        return {"metrics": metrics, "val_pred_counts": dict(zip(CLASSES, counts.tolist()))}
+
     def _record(self, combo, k, va, proba, job) -> list[str]:
         """Write predictions and the job record; returns their paths relative to the run folder."""
         samples = self.manifest.samples.iloc[va]
-        y = self.manifest.labels[va]
         pred = pd.DataFrame({"sample_id": samples["sample_id"].to_numpy(), "patient": samples["patient"].to_numpy(),
-                             "y_true": y, "p_I": proba[:, 0], "p_P": proba[:, 1], "p_R": proba[:, 2]})
+                             "visit": samples["visit"].to_numpy(), "y_true": self.manifest.labels[va],
+                             **{c: proba[:, i] for i, c in enumerate(PROBA_COLUMNS)}})
         pred_rel, job_rel = f"predictions/{combo}/fold_{k}.csv", f"jobs/{combo}/fold_{k}.json"
         atomic_write_csv(self.run_dir / pred_rel, pred)
-        scores = score_predictions(y, proba)
-        pred_counts = np.bincount(proba.argmax(axis=1), minlength=3)
-        job.update(metrics=scores, val_pred_counts=dict(zip(CLASSES, pred_counts.tolist())), predictions_file=pred_rel)
+        job.update(self._scores(pred, job.get("decision")), predictions_file=pred_rel)
         atomic_write_json(self.run_dir / job_rel, job)
-        log.info("  fold %d %s: QWK %.4f kappa %.4f acc %.4f F1-macro %.4f; predicted classes %s", k, combo,
-                 scores["qwk"], scores["kappa"], scores["accuracy"], scores["f1_macro"],
-                 dict(zip(CLASSES, pred_counts.tolist())))
+        s = job["metrics"]
+        log.info("  fold %d %s: QWK %.4f (visits %.4f, %d) kappa %.4f acc %.4f F1-macro %.4f; predicted classes %s",
+                 k, combo, s["qwk"], s["visit_qwk"], s["n_val_visits"], s["kappa"], s["accuracy"], s["f1_macro"],
+                 job["val_pred_counts"])
         return [pred_rel, job_rel]
 
     def result_rows(self) -> list[dict]:
         """results.csv rows, rebuilt from the finished jobs' records: one row per (combination, fold)."""
-        order = {c: i for i, c in enumerate(all_combinations(MODALITIES))}
-        rows = []
-        for rec in sorted(self.state.done_jobs(), key=lambda r: (r["fold"], order.get(r["combination"], 99))):
-            job = read_run_json(self.run_dir / "jobs" / rec["combination"] / f"fold_{rec['fold']}.json")
-            rows.append(row_from_job(job))
-        return rows
+        return [row_from_job(read_run_json(self.run_dir / "jobs" / rec["combination"] / f"fold_{rec['fold']}.json"))
+                for rec in self.state.done_jobs()]
 
-    def _load_oracle(self):
-        path = Path(self.cfg.data.data_dir) / "oracle.csv"
-        if not path.is_file():
-            return None
-        oracle = pd.read_csv(path)
-        if "sample_id" not in oracle.columns:
-            log.warning("%s has no sample_id column: not a medfusion oracle file, ignored", path)
-            return None
-        return oracle.set_index("sample_id")
-
-    def _oracle_scores(self, k, va):
-        """Where the dataset ships a Bayes oracle (the demo does), score it on this fold's validation samples."""
-        if self.oracle is None:
-            return
-        ids = self.manifest.samples["sample_id"].iloc[va]
-        if not ids.isin(self.oracle.index).all():
-            log.warning("oracle.csv does not cover every sample; oracle reference skipped")
-            self.oracle = None
-            return
-        o = self.oracle.loc[ids.to_numpy()]
-        y = self.manifest.labels[va]
-        mods = sorted({m for c in self.combinations for m in c.split("+")})
-        self.oracle_rows = [r for r in self.oracle_rows if r["fold"] != k]
-        for name, prefix in [("oracle:all", "")] + [(f"oracle:{m}", f"{m}_") for m in mods]:
-            cols = [f"{prefix}p_{c}" for c in CLASSES]
-            if all(c in o.columns for c in cols):
-                qwk = score_predictions(y, o[cols].to_numpy())["qwk"]
-                self.oracle_rows.append({"reference": name, "fold": k, "qwk": qwk})
-        atomic_write_csv(self.run_dir / "oracle_reference.csv", pd.DataFrame(self.oracle_rows))
-
-    def _oracle_summary(self):
-        path = self.run_dir / "oracle_reference.csv"
-        if not self.oracle_rows and path.is_file():
-            self.oracle_rows = read_run_csv(path).to_dict("records")
-        if not self.oracle_rows:
-            return None
-        return pd.DataFrame(self.oracle_rows).groupby("reference")["qwk"].mean()
-
-
-def row_from_job(job: dict) -> dict:
-    stages = job.get("stages", {})
-    s1, s2 = stages.get("stage1"), stages.get("stage2")
-    row = {"combination": job["combination"], "fold": job["fold"], "n_val": job["n_val"], **job["metrics"]}
-    if s1:
-        row.update(stage1_best_epoch=s1["best_epoch"], stage1_qwk=s1["best_val_qwk"])
-    if s2:
-        row.update(stage2_best_epoch=s2["best_epoch"], stage2_qwk=s2["best_val_qwk"], stage2_kept=job["stage2_kept"],
-                   backbone_change=s2["backbone_change"])
-    if job.get("fusion_rf_weight"):
-        row["fusion_rf_weight"] = job["fusion_rf_weight"]["end"]
-    return row
-
-
-def results_frame(rows: list[dict]) -> pd.DataFrame:
-    """results.csv rows with integer epochs kept integer (empty where a combination has no stage)."""
-    df = pd.DataFrame(rows, columns=RESULT_COLUMNS)
-    for col in ("fold", "n_val", "stage1_best_epoch", "stage2_best_epoch"):
-        df[col] = df[col].astype("Int64")
-    df["stage2_kept"] = df["stage2_kept"].astype("boolean")
-    return df
-
-
-def summarize(results: pd.DataFrame) -> pd.DataFrame:
-    """One row per combination, mean (and sample std) over folds, sorted by qwk_mean."""
-    g = results.groupby("combination")
-    summary = pd.DataFrame({
-        "n_folds": g["fold"].nunique(),
-        "qwk_mean": g["qwk"].mean(), "qwk_std": g["qwk"].std(ddof=1).fillna(0.0),
-        "kappa_mean": g["kappa"].mean(), "kappa_std": g["kappa"].std(ddof=1).fillna(0.0),
-        "accuracy_mean": g["accuracy"].mean(), "f1_macro_mean": g["f1_macro"].mean(),
-        "f1_weighted_mean": g["f1_weighted"].mean(),
-    }).reset_index()
-    return summary.sort_values("qwk_mean", ascending=False, kind="stable")[SUMMARY_COLUMNS].reset_index(drop=True)
-
-
-def format_summary(summary: pd.DataFrame, oracle: pd.Series | None = None) -> str:
-    width = max([len("combination")] + [len(c) for c in summary["combination"]])
-    lines = [f"{'combination':<{width}}  folds  QWK mean +- std   kappa   acc     F1-macro"]
-    for r in summary.itertuples():
-        lines.append(f"{r.combination:<{width}}  {r.n_folds:>5}  {r.qwk_mean:.4f} +- {r.qwk_std:.4f}  "
-                     f"{r.kappa_mean:.4f}  {r.accuracy_mean:.4f}  {r.f1_macro_mean:.4f}")
-    if oracle is not None:
-        lines.append("reference (Bayes oracle shipped with the dataset, same validation samples):")
-        lines += [f"  {name:<{width}} QWK {q:.4f}" for name, q in oracle.items()]
-    return "\n".join(lines)

@@ -157,3 +157,76 @@ def check_class_patients(manifest: Manifest, n_folds: int) -> list[str]:
             out.append(f"class {c} has {n} patient(s), fewer than the {n_folds} folds: at least {n_folds - n} "
                        f"validation fold(s) will have no {c} sample")
     return out
+
+
+def selection_split(manifest: Manifest, train_idx: np.ndarray, fraction: float, seed: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Split an outer fold's training samples into (fitting, selection) positional indices.
+
+    Grouped by patient and stratified, so no selection patient is ever fitted on; the
+    selection part makes every choice (best epoch, Stage 2 kept, fusion weight, thresholds)
+    and the outer validation fold is only scored. Aborts if a patient lands on both sides.
+    """
+    train_idx = np.asarray(train_idx)
+    patients = manifest.patients[train_idx]
+    n_patients = len(set(patients))
+    n_splits = min(max(2, int(round(1.0 / fraction))), n_patients)
+    if n_patients < 2:
+        raise ValueError(f"an inner selection split needs at least 2 training patients, the fold has {n_patients}; "
+                         "lower --cv_folds or use --set search.selection=outer")
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        fit_pos, sel_pos = next(splitter.split(np.zeros(len(train_idx)), manifest.labels[train_idx], patients))
+    fit, sel = np.sort(train_idx[fit_pos]), np.sort(train_idx[sel_pos])
+    shared = set(manifest.patients[fit]) & set(manifest.patients[sel])
+    if shared:
+        raise RuntimeError(f"selection split put patient {sorted(shared)[0]} in fitting and selection")
+    return fit, sel
+
+
+def read_fold_file(path, manifest: Manifest, n_folds: int) -> dict[str, int]:
+    """A user's fold assignment (--folds): JSON mapping sample_id -> fold or patient -> fold.
+
+    Validated like a computed one: every sample covered, no patient in two folds, exactly
+    `n_folds` non-empty folds. Errors name the file and what to fix.
+    """
+    import json
+    from pathlib import Path
+
+    path = Path(path).expanduser()
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"--folds file {str(path)!r} does not exist") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"--folds file {str(path)!r} is not valid JSON ({exc}); expected a mapping "
+                         "sample_id -> fold (as in a run's folds.json) or patient -> fold") from None
+    if not isinstance(raw, dict) or not raw:
+        raise ValueError(f"--folds file {str(path)!r} must hold a non-empty JSON mapping sample_id -> fold "
+                         "or patient -> fold")
+    bad = [(k, v) for k, v in raw.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0]
+    if bad:
+        raise ValueError(f"--folds file {str(path)!r}: {bad[0][0]!r} has fold {bad[0][1]!r}; folds are integers >= 0")
+    ids = manifest.samples["sample_id"].astype(str)
+    if set(raw) & set(ids):
+        assignment = {str(k): int(v) for k, v in raw.items()}
+    else:  # patient -> fold
+        by_patient = {str(k).lstrip("P").lstrip("0") or "0": int(v) for k, v in raw.items()}
+        keys = manifest.samples["patient"].astype(int).astype(str)
+        assignment = {sid: by_patient[p] for sid, p in zip(ids, keys) if p in by_patient}
+    missing = [s for s in ids if s not in assignment]
+    if missing:
+        raise ValueError(f"--folds file {str(path)!r} assigns no fold to {len(missing)} sample(s) of the dataset, "
+                         f"e.g. {missing[0]!r} (patient {manifest.samples.loc[ids == missing[0], 'patient'].iloc[0]}); "
+                         "every sample (or patient) needs a fold")
+    assignment = {s: assignment[s] for s in ids}
+    used = sorted(set(assignment.values()))
+    if used != list(range(n_folds)):
+        raise ValueError(f"--folds file {str(path)!r} uses folds {used}, but --cv_folds is {n_folds} "
+                         f"(expected exactly 0..{n_folds - 1}); pass --cv_folds {len(used)} or fix the file")
+    try:
+        check_folds(manifest, assignment, n_folds)
+    except RuntimeError as exc:
+        raise ValueError(f"--folds file {str(path)!r}: {exc}; a patient's samples must share one fold") from None
+    return assignment

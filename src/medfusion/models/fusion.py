@@ -59,6 +59,12 @@ class LearnableFusionWeights(keras.layers.Layer):
         z = self.logit_scale * float(keras.ops.convert_to_numpy(self.logit))
         return 1.0 / (1.0 + math.exp(-z))
 
+    def set_rf_weight(self, weight: float) -> None:
+        """Set the forest weight directly (a value fit outside gradient descent, e.g. on held-out rows)."""
+        if not 0.0 < float(weight) < 1.0:
+            raise ValueError(f"forest weight must be in (0, 1), got {weight!r}")
+        self.logit.assign(math.log(weight / (1.0 - weight)) / self.logit_scale)
+
     def get_config(self):
         config = super().get_config()
         config.update({"init_rf_weight": self.init_rf_weight, "logit_scale": self.logit_scale})

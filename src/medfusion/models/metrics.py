@@ -76,14 +76,16 @@ class CohenKappa(keras.metrics.Metric):
         return config
 
 
-def score_predictions(y_true, proba) -> dict:
-    """Fold scores on argmax predictions; labels=[0, 1, 2] so absent classes count as 0 (not errors)."""
+def score_predictions(y_true, proba, rule: dict | None = None) -> dict:
+    """Fold scores of the rule's decisions (argmax by default); labels=[0, 1, 2] so absent classes count as 0."""
+    from medfusion.evaluation.decisions import decide
+
     y = np.asarray(y_true)
     proba = np.asarray(proba)
     if y.ndim == 2:
         y = y.argmax(axis=1)
     y = y.astype(int)
-    pred = proba.argmax(axis=1)
+    pred = decide(proba, rule)
     labels = list(range(len(CLASSES)))
     per_class = f1_score(y, pred, labels=labels, average=None, zero_division=0)
     out = {

@@ -1,0 +1,41 @@
+"""Shared test harness: tiny searches run as a user runs them (main.py in a subprocess).
+
+Like keras-hub's run_task_test, every end-to-end test goes through these, so the settings
+that keep them fast (16 px, two epochs, a 20-tree forest) and the checks stay alike.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--set", "data.image_size=16", "--set", "train.pretrain.epochs=2", "--set", "train.stage1.epochs=2",
+        "--set", "train.stage2.epochs=1", "--set", "forest.n_estimators=20", "--set", "model.head_units=8",
+        "--set", "train.batch_size=16", "--set", "search.bootstrap_resamples=200"]
+
+
+def run_search(logs_dir: Path, data_dir: Path, *extra, run_name: str = "e2e", folds: int = 2, check: bool = True):
+    """python main.py --mode search on the demo config with FAST settings; returns (run folder, process)."""
+    cmd = [sys.executable, str(ROOT / "main.py"), "--mode", "search", "--config", str(ROOT / "configs/demo.yaml"),
+           "--data_dir", str(data_dir), "--cv_folds", str(folds), "--run_name", run_name,
+           "--set", f"runtime.logs_dir={logs_dir}", "--set", "data.demo=false", *FAST, *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return Path(logs_dir) / run_name, proc
+
+
+def relabel_patients(src: Path, dst: Path, patients: set, label_column: str = "Healing Phase Abs") -> Path:
+    """A copy of a dataset whose label of every visit of `patients` moves one class on (I->P->R->I)."""
+    shutil.copytree(src, dst)
+    path = dst / "metadata.csv"
+    meta = pd.read_csv(path, encoding="utf-8-sig", dtype=str, keep_default_na=False)
+    rows = meta["Patient#"].astype(int).isin(patients)
+    meta.loc[rows, label_column] = meta.loc[rows, label_column].str.strip().map({"I": "P", "P": "R", "R": "I"})
+    meta.to_csv(path, index=False, encoding="utf-8-sig")
+    return dst
