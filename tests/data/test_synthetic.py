@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import cohen_kappa_score
 
-from medfusion.config import DataConfig
+from medfusion.config import DataConfig, DepthMapConfig, MapsConfig, ThermalMapConfig
 from medfusion.constants import CLASSES
 from medfusion.data.dfu import load_dfu
 from medfusion.data.images import clear_crop_cache, load_crops, read_frame
@@ -107,18 +107,54 @@ def test_files_follow_data_format(small_demo):
     assert read_frame(root / "thermal_rgb" / tname).shape == (1440, 1080, 3)
 
 
+def _wound_contrast(x: np.ndarray) -> np.ndarray:
+    """Wound centre minus the surrounding skin (crop pixels near the edge that are not padding / no data)."""
+    yy, xx = np.mgrid[0:32, 0:32]
+    edge = np.hypot(yy - 15.5, xx - 15.5) > 12
+    centre = x[:, 13:19, 13:19, 0].mean(axis=(1, 2))
+    return centre - np.array([xi[edge & (xi.max(-1) > 0), 0].mean() for xi in x.astype(float)])
+
+
 def test_image_encoding_survives_crop_resize(small_demo):
-    """Wound-centre intensity of a 32 px crop is monotone in the modality's latent (via its oracle)."""
+    """The wound's contrast with its skin in a 32 px crop is monotone in the modality's latent (via its
+    oracle); the maps' default `relative` rule makes the wound centre alone monotone."""
     root, _ = small_demo
     clear_crop_cache()
     man = load_dfu(root, DataConfig()).subset(np.arange(60))
     o = pd.read_csv(root / "oracle.csv").iloc[:60]
-    for m, ch in (("depth_rgb", 0), ("depth_map", 0), ("thermal_rgb", 0), ("thermal_map", 0)):
+    for m in ("depth_rgb", "depth_map", "thermal_rgb", "thermal_map"):
         x = load_crops(man, m, 32, 0.15)
-        centre = x[:, 13:19, 13:19, ch].mean(axis=(1, 2))
-        score = o[f"{m}_p_R"] - o[f"{m}_p_I"]  # monotone in z
-        rho = pd.Series(centre).rank().corr(score.rank())
+        score = (o[f"{m}_p_R"] - o[f"{m}_p_I"]).rank()  # monotone in z
+        rho = pd.Series(_wound_contrast(x)).rank().corr(score)
         assert rho > 0.95, (m, rho)
+        if m.endswith("_map"):
+            assert pd.Series(x[:, 13:19, 13:19, 0].mean(axis=(1, 2))).rank().corr(score) > 0.95, m
+    clear_crop_cache()
+
+
+def test_frames_vary_like_real_frames(small_demo):
+    """Distance, room temperature and objects vary, so a whole-frame min-max (`minmax_frame`) loses the signal
+    that the `relative` rule keeps; one dead depth map is a named skip."""
+    import cv2
+
+    root, _ = small_demo
+    man = load_dfu(root, DataConfig())
+    assert man.report["skipped"]["map_box_no_data"]["count"] == 1
+    skin = []
+    for i in range(20):
+        dm = cv2.imread(man.samples.depth_map_path.iloc[i], cv2.IMREAD_UNCHANGED)
+        x0, y0, x1, y1 = man.box("depth_map", i)
+        ring = dm[max(0, y0 - 10):y1 + 10, max(0, x0 - 10):x0]
+        skin.append(np.median(ring[ring > 0]))
+        assert (dm == 0).mean() > 0.001  # scattered invalid pixels
+    assert np.ptp(skin) > 300  # the camera distance moves the skin by hundreds of mm
+    clear_crop_cache()
+    sub = man.subset(np.arange(60))
+    o = pd.read_csv(root / "oracle.csv").iloc[:60]
+    old = MapsConfig(DepthMapConfig(rule="minmax_frame"), ThermalMapConfig(rule="minmax_frame"))
+    x = load_crops(sub, "depth_map", 32, 0.15, maps=old)
+    rho = pd.Series(x[:, 13:19, 13:19, 0].mean(axis=(1, 2))).rank().corr((o["depth_map_p_R"] - o["depth_map_p_I"]).rank())
+    assert rho < 0.6, rho
     clear_crop_cache()
 
 

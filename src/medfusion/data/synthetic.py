@@ -9,16 +9,22 @@ latents carry the signal, one per source:
   as `Wound Score` = 12 + 3 z (never missing) and `Wound Centre Temperature Normalized (°C)`
   = 0.3 + 0.6 z (often missing at visit 0, like the real temperatures).
 * z_depth ~ N(MU[y], SIGMA["depth"]) per depth frame: the wound blob's colour in depth_rgb and
-  its depth in depth_map are linear in t = clip((z + 2.5) / 5, 0, 1) (a wide pixel range per
-  unit of z, so a small CNN learns it in a few epochs; clipping touches < 2% of frames).
-* z_thermal ~ N(MU[y], SIGMA["thermal"]) per thermal frame: the wound's temperature in
-  thermal_map and its colour in thermal_rgb are linear in t.
+  its depth below the surrounding skin in depth_map are linear in t = clip((z + 2.5) / 5, 0, 1)
+  (a wide pixel range per unit of z, so a small CNN learns it in a few epochs; clipping touches
+  < 2% of frames).
+* z_thermal ~ N(MU[y], SIGMA["thermal"]) per thermal frame: the wound's temperature minus the
+  surrounding skin's in thermal_map, and its colour in thermal_rgb, are linear in t.
 
-16-bit maps are min-max scaled per frame by images.read_frame, so every map frame has a fixed
-minimum and maximum (depth: a band of invalid 0 mm pixels and a 1500 mm floor; thermal: a
-22.00 °C background and a 39.00 °C reference patch) and the wound value lies strictly between,
-so the scaled wound intensity stays linear in t. Every other metadata column is label-free
-noise, apart from the leaky `Healing Phase` / `Phase Confidence (%)` columns.
+Frames vary the way real frames do, independently of the class (so the oracle stays exact):
+the camera distance (the skin at 450-1150 mm, the floor 250-600 mm behind it), a slight tilt of
+the foot, clusters and a sprinkle of invalid 0 mm pixels and an invalid band of varying width,
+room temperature (19-26 °C) and skin temperature (6-9 °C above it) per visit, and in some frames
+an unrelated near object (depth) or hot object (thermal) away from the foot. The class signal
+lives only in the wound relative to the skin around it, which maps.py's `relative` rule reads;
+whole-frame min-max scaling (`minmax_frame`) mixes the nuisances in. One depth map is dead (all
+invalid), as a sensor sometimes delivers: the loader skips it by name (`map_box_no_data`).
+Every other metadata column is label-free noise, apart from the leaky `Healing Phase` /
+`Phase Confidence (%)` columns.
 
 The oracle is computed after the files are written, from `load_dfu` on the generated folder, so
 its sample ids and depth->thermal frame matching are exactly the loader's.
@@ -41,6 +47,7 @@ import pandas as pd
 
 from medfusion.config import DataConfig
 from medfusion.constants import CLASSES
+from medfusion.data.names import parse_frame_name
 
 PRIOR = np.array([0.31, 0.56, 0.13])
 MU = np.array([-1.0, 0.0, 1.0])
@@ -50,10 +57,15 @@ ORACLE_MODALITIES = ("metadata", "depth_rgb", "depth_map", "thermal_rgb", "therm
 
 DEPTH_WH = (1280, 720)  # landscape
 THERMAL_WH = (1080, 1440)  # portrait
-DEPTH_FLOOR_MM, DEPTH_FOOT_MM = 1500, 700
-THERMAL_BG, THERMAL_FOOT, THERMAL_REF = 2200, 3000, 3900  # centi-degrees
-THERMAL_REF_BOX = (1000, 20, 1060, 80)  # x0, y0, x1, y1 of the hot reference patch
-INVALID_BAND = 8  # depth_map: leftmost columns are invalid (0 mm)
+SKIN_MM = (450, 1150)  # camera -> skin distance per frame
+FLOOR_BEHIND_MM = (250, 600)  # floor behind the foot
+WOUND_MM = (3.0, 24.0)  # wound depth below the skin: 3 + 24 t mm (inside the +-30 mm window)
+ROOM_C, SKIN_ABOVE_ROOM_C = (19.0, 26.0), (6.0, 9.0)  # per visit
+WOUND_C = (-3.0, 6.0)  # wound minus skin temperature: -3 + 6 t degC (inside the +-5 degC window)
+THERMAL_RGB_RANGE_C = (15.0, 45.0)  # thermal_rgb palette: linear over this fixed range
+THERMAL_REF_BOX = (1000, 20, 1060, 80)  # x0, y0, x1, y1 of a hot reference patch (some frames)
+P_OBJECT = 0.35  # frames with an unrelated near (depth) / hot (thermal) object
+DEAD_DEPTH_FRAME = 2  # index among depth frames of the one all-invalid depth map
 VIEWS = [(d, a, z) for d in "BA" for a in "RML" for z in "ZW"]
 
 
@@ -93,19 +105,57 @@ def _foot_region(box, wh):
     return (max(0, x0 - bw), max(0, y0 - bh), min(wh[0], x1 + bw), min(wh[1], y1 + bh))
 
 
-def _render_depth(boxes, z, rng):
+def _overlaps(a, b) -> bool:
+    return not (a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1])
+
+
+def _objects(rng, boxes, wh, n_max=2):
+    """Unrelated objects (40-260 px) in some frames, never over a foot region (nor the crop or its ring)."""
+    if rng.random() >= P_OBJECT:
+        return []
+    feet, out = [_foot_region(b, wh) for b in boxes], []
+    for _ in range(30):
+        if len(out) == n_max:
+            break
+        ow, oh = int(rng.integers(40, 261)), int(rng.integers(40, 261))
+        x0, y0 = int(rng.integers(0, wh[0] - ow)), int(rng.integers(0, wh[1] - oh))
+        o = (x0, y0, x0 + ow, y0 + oh)
+        if not any(_overlaps(o, f) for f in feet + out):
+            out.append(o)
+    return out
+
+
+def _invalid_mask(rng, h, w) -> np.ndarray:
+    """Invalid depth pixels: a left band of varying width, clusters, and a sprinkle."""
+    bad = rng.random((h // 4 + 1, w // 4 + 1)) < rng.uniform(0.002, 0.01)  # 4x4 px clusters
+    bad = np.kron(bad, np.ones((4, 4), bool))[:h, :w]
+    bad |= rng.random((h, w)) < rng.uniform(0.001, 0.004)
+    bad[:, : int(rng.integers(0, 41))] = True
+    return bad
+
+
+def _tilted(box, wh, level: float, rng) -> np.ndarray:
+    """A foot surface at `level` mm at the box centre, tilted by up to 0.02 mm/px."""
+    fx0, fy0, fx1, fy1 = _foot_region(box, wh)
+    yy, xx = np.mgrid[fy0:fy1, fx0:fx1]
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    gx, gy = rng.uniform(-0.02, 0.02, 2)
+    return level + gx * (xx - cx) + gy * (yy - cy)
+
+
+def _render_depth(boxes, z, rng, dead=False):
     """depth_rgb (BGR uint8) and depth_map (uint16 mm) of one frame."""
     w, h = DEPTH_WH
     rgb = np.empty((h, w, 3), np.uint8)
     rgb[:] = (95, 100, 90)  # BGR floor
-    dm = np.full((h, w), DEPTH_FLOOR_MM, np.uint16)
+    skin = float(rng.uniform(*SKIN_MM))
+    dm = np.full((h, w), skin + rng.uniform(*FLOOR_BEHIND_MM), np.float64)
     t = _t(z)
     wound_bgr = np.array([30 + 110 * t, 30 + 130 * t, 80 + 170 * t])
-    wound_mm = 200 + 1100 * t
     for box in boxes:
         fx0, fy0, fx1, fy1 = _foot_region(box, DEPTH_WH)
         rgb[fy0:fy1, fx0:fx1] = (140, 160, 205)  # skin
-        dm[fy0:fy1, fx0:fx1] = DEPTH_FOOT_MM
+        dm[fy0:fy1, fx0:fx1] = _tilted(box, DEPTH_WH, skin, rng)
     for box in boxes:
         x0, y0, x1, y1 = box
         m = _blob_mask(box)
@@ -113,8 +163,14 @@ def _render_depth(boxes, z, rng):
         patch = rgb[y0:y1, x0:x1]
         patch[m] = np.clip(wound_bgr[None, :] + nz[m][:, None], 0, 255).astype(np.uint8)
         dpatch = dm[y0:y1, x0:x1]
-        dpatch[m] = np.clip(wound_mm + 2 * nz[m], 1, DEPTH_FLOOR_MM - 1).astype(np.uint16)
-    dm[:, :INVALID_BAND] = 0
+        dpatch[m] += WOUND_MM[0] + WOUND_MM[1] * t + 0.7 * nz[m]  # further from the camera than the skin
+    for ox0, oy0, ox1, oy1 in _objects(rng, boxes, DEPTH_WH):  # a hand, a tool: nearer than the foot
+        dm[oy0:oy1, ox0:ox1] = skin - rng.uniform(150, 350)
+        rgb[oy0:oy1, ox0:ox1] = (60, 60, 70)
+    dm = np.rint(dm).astype(np.uint16)
+    dm[_invalid_mask(rng, h, w)] = 0
+    if dead:
+        dm[:] = 0
     return rgb, dm
 
 
@@ -126,26 +182,39 @@ def _thermal_colour(s) -> np.ndarray:
 
 # thermal_rgb is a palette PNG, as thermal cameras export it: 256 false colours, linear in temperature
 _THERMAL_PALETTE = np.rint(_thermal_colour(np.arange(256) / 255.0)).astype(np.uint8)
-_THERMAL_LUT = np.clip(np.rint((np.arange(65536) - THERMAL_BG) / (THERMAL_REF - THERMAL_BG) * 255), 0, 255).astype(np.uint8)
+_LO, _HI = (100 * v for v in THERMAL_RGB_RANGE_C)
+_THERMAL_LUT = np.clip(np.rint((np.arange(65536) - _LO) / (_HI - _LO) * 255), 0, 255).astype(np.uint8)
 
 
-def _render_thermal(boxes, z, rng):
+def _render_thermal(boxes, z, rng, room_c: float, skin_c: float):
     """thermal_rgb palette indices (uint8) and thermal_map (uint16 centi-degrees) of one frame."""
     w, h = THERMAL_WH
-    tm = np.full((h, w), THERMAL_BG, np.uint16)
-    wound_c = 2300 + 1500 * _t(z)
+    tm = np.full((h, w), 100 * (room_c + rng.normal(0, 0.2)), np.float64)
+    skin = 100 * (skin_c + rng.normal(0, 0.2))
+    wound = 100 * (WOUND_C[0] + WOUND_C[1] * _t(z))
     for box in boxes:
         fx0, fy0, fx1, fy1 = _foot_region(box, THERMAL_WH)
-        tm[fy0:fy1, fx0:fx1] = THERMAL_FOOT
+        tm[fy0:fy1, fx0:fx1] = _tilted(box, THERMAL_WH, skin, rng)
     for box in boxes:
         x0, y0, x1, y1 = box
         m = _blob_mask(box)
         nz = _coarse_noise(rng, y1 - y0, x1 - x0, 3)
         patch = tm[y0:y1, x0:x1]
-        patch[m] = np.clip(np.rint(wound_c + 6 * nz[m]), THERMAL_BG + 1, THERMAL_REF - 1).astype(np.uint16)
-    rx0, ry0, rx1, ry1 = THERMAL_REF_BOX
-    tm[ry0:ry1, rx0:rx1] = THERMAL_REF
+        patch[m] += wound + 6 * nz[m]
+    for ox0, oy0, ox1, oy1 in _objects(rng, boxes, THERMAL_WH):  # a lamp, a cup, a hand
+        tm[oy0:oy1, ox0:ox1] = 100 * rng.uniform(36, 55)
+    if rng.random() < 0.5:
+        rx0, ry0, rx1, ry1 = THERMAL_REF_BOX
+        tm[ry0:ry1, rx0:rx1] = 3900
+    tm = np.rint(tm).astype(np.uint16)
     return _THERMAL_LUT[tm], tm
+
+
+def _visit_temperatures(seed: int, visit) -> tuple[float, float]:
+    """(room, skin) degC of one visit, from their own stream (the main stream is the first release's)."""
+    r = np.random.default_rng([seed, *visit])
+    room = float(r.uniform(*ROOM_C))
+    return room, room + float(r.uniform(*SKIN_ABOVE_ROOM_C))
 
 
 def _place_boxes(rng, n, wh, avoid=None):
@@ -163,7 +232,7 @@ def _place_boxes(rng, n, wh, avoid=None):
         b = (x0, y0, x0 + bw, y0 + bh)
         pads = [_foot_region(o, wh) for o in boxes] + ([avoid] if avoid else [])
         fb = _foot_region(b, wh)
-        if any(not (fb[2] <= o[0] or o[2] <= fb[0] or fb[3] <= o[1] or o[3] <= fb[1]) for o in pads):
+        if any(_overlaps(fb, o) for o in pads):
             continue
         boxes.append(b)
     return boxes
@@ -389,15 +458,19 @@ def _generate_into(root: Path, seed: int, n_patients: int, log: logging.Logger) 
     pd.DataFrame(thermal_box_rows, columns=box_cols).to_csv(root / "bounding_boxes_thermal.csv", index=False,
                                                             lineterminator="\n")
 
+    depth_names = [j[1] for j in jobs if j[0] == "D"]
+    dead = depth_names[DEAD_DEPTH_FRAME] if len(depth_names) > DEAD_DEPTH_FRAME else None
+
     def render(job):
         kind, name, boxes, z, s = job
         r = np.random.default_rng(s)
         if kind == "D":
-            rgb, mp = _render_depth(boxes, z, r)
+            rgb, mp = _render_depth(boxes, z, r, dead=name == dead)
             _write_png(root / "depth_rgb" / name, np.ascontiguousarray(rgb[:, :, ::-1]))  # BGR -> RGB
             _write_png(root / "depth_map" / name, mp)
         else:
-            idx, mp = _render_thermal(boxes, z, r)
+            room, skin = _visit_temperatures(seed, parse_frame_name(name).visit)
+            idx, mp = _render_thermal(boxes, z, r, room, skin)
             _write_png(root / "thermal_rgb" / name, idx, _THERMAL_PALETTE)
             _write_png(root / "thermal_map" / name, mp)
 
