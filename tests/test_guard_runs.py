@@ -77,7 +77,10 @@ def test_demo_is_generated_only_into_the_demo_folder(tmp_path, monkeypatch):
 def test_reserved_or_unsafe_run_names_are_refused(name):
     with pytest.raises(ConfigError) as exc:
         load_config(DEMO, {"runtime.run_name": name})
-    assert "runtime.run_name" in str(exc.value)
+    msg = str(exc.value)
+    assert f"'runtime.run_name' = {name!r}" in msg
+    assert ("is reserved" in msg and "choose another --run_name" in msg) if name.startswith(".") \
+        else "a plain folder name" in msg
 
 
 def test_run_named_like_the_cache_leaves_the_cache_alone(tmp_path, capsys):
