@@ -148,3 +148,16 @@ def test_finished_pretraining_is_loaded_not_redone(tiny_weights_file, strategy, 
     for u, v in zip(a.get_weights(), b.get_weights()):
         np.testing.assert_array_equal(u, v)
     assert PretrainResult.from_dict(first.to_dict()).to_dict() == first.to_dict()
+
+
+def test_a_done_file_that_is_no_pretraining_record_is_named(tiny_cfg, strategy, toy_images, tmp_path):
+    from medfusion.training.checkpoint import CheckpointError, save_arrays
+
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "done.json").write_text('{"best_epoch": 3}')
+    save_arrays(tmp_path / "ck" / "final.npz", {"model": []})
+    with strategy.scope():
+        model = build_pretrain_model("depth_rgb", tiny_cfg, S)
+    train, val = _data(toy_images)
+    with pytest.raises(CheckpointError, match="not a pre-training record"):
+        run_pretraining("depth_rgb", model, strategy, train, val, _cfg(), seed=0, checkpoint_dir=tmp_path / "ck")

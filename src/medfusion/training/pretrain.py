@@ -23,7 +23,7 @@ import tensorflow as tf
 from medfusion.config import Config, StageConfig
 from medfusion.models.backbones import uses_pretrained_weights
 from medfusion.models.losses import equal_alpha
-from medfusion.training.checkpoint import StageCheckpoint
+from medfusion.training.checkpoint import CheckpointError, StageCheckpoint
 from medfusion.training.stages import (StageResult, backbone_snapshot, count_params, relative_change, run_stage,
                                        set_backbones_trainable)
 
@@ -104,8 +104,14 @@ def run_pretraining(modality: str, model: keras.Model, strategy: tf.distribute.S
     """
     final = StageCheckpoint(checkpoint_dir) if checkpoint_dir is not None else None
     if final is not None and (done := final.completed()) is not None:
+        try:
+            result = PretrainResult.from_dict(done)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(
+                f"{Path(checkpoint_dir) / 'done.json'} is not a pre-training record ({type(exc).__name__}: {exc}); "
+                "it was written by another medfusion version or edited: move the folder aside to recompute it"
+            ) from exc
         final.load_final(model)
-        result = PretrainResult.from_dict(done)
         log.info("  [pretrain %s] already completed: loaded its weights (%s, final phase %s, val QWK %.4f)",
                  modality, result.recipe, result.final_phase, result.best_val_qwk)
         return result
