@@ -166,3 +166,50 @@ def test_lower_case_and_unknown_labels(tmp_path, caplog):
     with pytest.raises(ValueError) as exc:
         _load(_layout(tmp_path / "b", header, rows))
     assert "row 2 (line 3 counting the header) has Healing Phase Abs='X'" in str(exc.value)
+
+
+# ----------------------------------------------------------------------------- found by the second battery
+
+
+def test_excel_separator_hint_line_is_read_and_skipped(tmp_path, caplog):
+    root = _layout(tmp_path, *_base(), sep=";", bom=False)
+    p = root / "metadata.csv"
+    p.write_text("sep=;\n" + p.read_text())
+    man = _load(root, caplog)
+    assert len(man) == N and sorted(man.samples["Age"]) == sorted(AGES)
+    assert "first line 'sep=;' (Excel's separator hint) read and skipped" in caplog.text
+
+
+def test_two_frames_whose_names_differ_only_in_letter_case_are_one_frame(tmp_path, caplog):
+    import shutil
+
+    root = _layout(tmp_path, *_base())
+    for folder in ("depth_rgb", "depth_map"):
+        shutil.copy(root / folder / "1_P001001ADMW.png", root / folder / "1_p001001admw.png")
+    man = _load(root, caplog)
+    assert len(man) == N and man.samples["sample_id"].is_unique
+    e = man.report["skipped"]["case_duplicate"]
+    assert e["examples"] == ["1_p001001admw.png (same name as 1_P001001ADMW.png ignoring letter case)"]
+    assert "DFU depth frames skipped (case_duplicate): 1" in caplog.text
+
+
+def test_random_numbers_equal_as_integers_still_give_unique_sample_ids(tmp_path):
+    import shutil
+
+    from tests.data.conftest import B1
+
+    root = _layout(tmp_path, *_base())
+    for folder in ("depth_rgb", "depth_map"):
+        shutil.copy(root / folder / "1_P001001ADMW.png", root / folder / "01_P001001ADMW.png")
+    with open(root / "bounding_boxes_depth.csv", "a") as f:
+        f.write("01_P001001ADMW.png,1,0,1,A,D,MW,1," + ",".join(map(str, B1)) + "\n")
+    man = _load(root)
+    ids = sorted(i for i in man.samples["sample_id"] if i.startswith("P001001AMW_1"))
+    assert ids == ["P001001AMW_1_1_01", "P001001AMW_1_1_1"] and man.samples["sample_id"].is_unique
+
+
+def test_thousands_separator_is_named(tmp_path):
+    weights = ["1,200"] + [str(60 + i) for i in range(N - 1)]
+    with pytest.raises(ValueError) as exc:
+        _load(_layout(tmp_path, *_base(["Weight (Kg)"], lambda i: [weights[i]])))
+    assert "row 1 '1,200'" in str(exc.value) and "thousands separator" in str(exc.value)

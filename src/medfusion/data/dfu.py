@@ -74,6 +74,7 @@ MATCH_RULES = ("exact", "relax_angle", "relax_zoom", "relax_debridement")
 SKIP_REASONS = (
     "unparseable_name",
     "wrong_camera",
+    "case_duplicate",
     "no_box",
     "no_valid_box",
     "no_metadata_row",
@@ -90,7 +91,7 @@ def _list_frames(folder: Path, camera: str, skips: Skips | None) -> tuple[dict[s
         raise FileNotFoundError(
             f"image folder {str(folder)!r} not found; check data.data_dir and data.folders in the data config"
         )
-    frames, present = {}, set()
+    frames, present, folded = {}, set(), {}
     for p in sorted(folder.iterdir()):
         if not p.is_file() or p.suffix.lower() != ".png":
             continue
@@ -104,6 +105,11 @@ def _list_frames(folder: Path, camera: str, skips: Skips | None) -> tuple[dict[s
         if key.camera != camera:
             if skips is not None:
                 skips.add("wrong_camera", p.name)
+            continue
+        first = folded.setdefault(p.name.casefold(), p.name)
+        if first != p.name:  # the same frame twice on a case-sensitive disk: one sample, not two
+            if skips is not None:
+                skips.add("case_duplicate", f"{p.name} (same name as {first} ignoring letter case)")
             continue
         frames[p.name] = key
     return frames, present
@@ -404,6 +410,9 @@ def load_dfu(data_dir, data_cfg: DataConfig, log: logging.Logger | None = None) 
         samples.loc[dup, "sample_id"] = (
             samples.loc[dup, "sample_id"] + "_" + samples.loc[dup, "_random"].astype(str)
         )
+        dup = samples["sample_id"].duplicated(keep=False)  # random numbers equal as integers ('10', '010')
+        samples.loc[dup, "sample_id"] = samples.loc[dup, "sample_id"] + "_" + samples.loc[dup, "depth_rgb_path"].map(
+            lambda x: Path(x).stem.split("_")[0])
         feat = meta.iloc[samples["_meta_row"].to_numpy()][features].reset_index(drop=True)
         samples = pd.concat([samples[base_cols].reset_index(drop=True), feat], axis=1)
     else:
@@ -427,10 +436,11 @@ def load_dfu(data_dir, data_cfg: DataConfig, log: logging.Logger | None = None) 
     for reason in SKIP_REASONS:
         if reason in skips.data:
             e = skips.data[reason]
-            (log.warning if reason in ("unreadable_frame", "box_outside_frame") else log.info)(
+            (log.warning if reason in ("unreadable_frame", "box_outside_frame", "case_duplicate") else log.info)(
                 "DFU depth frames skipped (%s): %d, e.g. %s", reason, e["count"], e["examples"])
     for reason, e in thermal_skips.data.items():
-        log.info("DFU thermal frames unusable (%s): %d, e.g. %s", reason, e["count"], e["examples"])
+        (log.warning if reason == "case_duplicate" else log.info)(
+            "DFU thermal frames unusable (%s): %d, e.g. %s", reason, e["count"], e["examples"])
     unused = sorted(set(n for lst in by_visit.values() for n, _ in lst) - used_thermal)
 
     # missing values of the feature columns over the metadata rows the samples use

@@ -67,7 +67,8 @@ def _refuse_stray_text(col, n_num: int, others: list, path: Path) -> None:
     raise ValueError(
         f"{str(path)!r}: column {col!r} holds numbers in {n_num} rows but {len(others)} value(s) that are "
         f"not numbers: {shown}{' ...' if len(others) > N_SHOWN else ''}."
-        + (" A decimal comma in a comma-separated file: use a decimal point." if comma else "")
+        + (" A decimal comma (or a thousands separator, '1,200') in a comma-separated file: write plain numbers "
+           "with a decimal point." if comma else "")
         + " Correct them, leave the cells empty, or write one of the placeholders read as missing ("
         + ", ".join(PLACEHOLDERS[:6]) + ", ...); or drop the column with data.exclude_columns."
     )

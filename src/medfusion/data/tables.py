@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,13 @@ def _header(text: str, sep: str) -> list[str]:
         return [clean_name(f) for f in next(csv.reader(io.StringIO(text, newline=None), delimiter=sep))]
     except (StopIteration, csv.Error):
         return []
+
+
+def _excel_sep_line(text: str) -> tuple[str, str | None]:
+    """Excel may write 'sep=;' as the first line: the separator to use, and the text without that line."""
+    first, _, rest = text.partition("\n")
+    m = re.fullmatch(r"\s*sep=(.)\s*", first.strip("\r"))
+    return (rest, m.group(1)) if m and m.group(1) in SEPARATOR_NAMES else (text, None)
 
 
 def _choose_separator(text: str, required) -> tuple[str, list[str]]:
@@ -141,7 +149,10 @@ def read_table(path: Path, what: str, required=(), log: logging.Logger | None = 
         raise utf8_error(path, what, data, exc) from None
     if not text.strip():
         raise ValueError(f"{what} file {str(path)!r} is empty; it needs a header row and one row per entry")
-    sep, names = _choose_separator(text, required)
+    text, hinted = _excel_sep_line(text)
+    sep, names = (hinted, _header(text, hinted)) if hinted else _choose_separator(text, required)
+    if hinted and log is not None:
+        log.info("%s: first line 'sep=%s' (Excel's separator hint) read and skipped", path.name, hinted)
     if sep != "," and log is not None:
         log.info("%s: separator detected: %s (%r)", path.name, SEPARATOR_NAMES[sep], sep)
     _check_names(names, path, what)
