@@ -240,3 +240,20 @@ def test_rescoring_from_an_edited_prediction_file_names_it(tmp_path):
     msg = str(exc.value)
     assert "predictions/metadata/fold_0.csv does not match its recorded checksum" in msg
     assert "--resume_mode auto" in msg and "--resume_mode fresh" in msg
+
+
+@pytest.mark.parametrize("file_at,fragment", [
+    ("logs", "the logs folder {!r} is a file, not a folder; pass a folder with --set runtime.logs_dir=PATH"),
+    ("logs/r", "the run folder {!r} is a file, not a folder; move the file away or choose another --run_name"),
+])
+def test_a_file_where_the_logs_or_run_folder_should_be_is_named(tmp_path, file_at, fragment):
+    import logging
+
+    target = tmp_path / file_at
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("not a folder")
+    before = _snapshot(tmp_path)
+    with pytest.raises(OSError) as exc:
+        prepare_run_dir(tmp_path / "logs", "r", logging.getLogger("t"))
+    assert fragment.format(str(target)) in str(exc.value)
+    assert _snapshot(tmp_path) == before

@@ -96,6 +96,10 @@ def prepare_run_dir(logs_dir: str | Path, run_name: str, log: logging.Logger) ->
         raise ValueError(f"run name {run_name!r} is reserved or not a plain folder name (names starting with '.' "
                          "belong to medfusion, e.g. the shared pre-training cache); choose another --run_name")
     logs_dir = Path(logs_dir)
+    for what, path, fix in (("logs folder", logs_dir, "pass a folder with --set runtime.logs_dir=PATH"),
+                            ("run folder", logs_dir / run_name, "move the file away or choose another --run_name")):
+        if path.exists() and not path.is_dir():
+            raise OSError(f"the {what} {str(path)!r} is a file, not a folder; {fix}")
     try:
         logs_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
