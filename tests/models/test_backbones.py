@@ -114,3 +114,18 @@ def test_load_is_confirmed_by_values(tmp_path, monkeypatch):
     monkeypatch.setattr(dst, "load_weights", lambda *a, **k: None)
     with pytest.raises(WeightsError, match="did not load"):
         load_backbone_weights(dst, path, "tiny")
+
+
+def test_backbone_survives_a_keras_save_round_trip(tmp_path):
+    from medfusion.models.backbones import Backbone
+
+    inp = keras.Input((32, 32, 3), name="depth_rgb")
+    bb = build_backbone("tiny", 32, model_name="depth_rgb_backbone")
+    model = keras.Model(inp, keras.layers.GlobalAveragePooling2D(name="pool")(bb(inp)))
+    bb.trainable = False
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded.get_layer("depth_rgb_backbone"), Backbone)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(x)), keras.ops.convert_to_numpy(model(x)), atol=1e-6)

@@ -75,3 +75,16 @@ def test_relative_change_formula():
     before = [np.ones((2, 2)), np.zeros(3)]
     after = [np.ones((2, 2)) * 1.1, np.zeros(3)]
     assert abs(relative_change(before, after) - 0.1) < 1e-12
+
+
+def test_train_batchnorm_unfreezes_batchnorm_too_and_refuses_a_partial_unfreeze(tiny_cfg):
+    import pytest
+
+    model = build_fusion_model("depth_rgb", tiny_cfg, 16)
+    bb = model.get_layer("depth_rgb_backbone")
+    set_backbones_trainable(model, True, train_batchnorm=True)
+    assert all(l.trainable for l in bb.layers if l.weights)
+    set_backbones_trainable(model, True)  # Stage 2 after a from-scratch pre-training: BatchNorm frozen again
+    assert all(not l.trainable for l in bb.layers if isinstance(l, keras.layers.BatchNormalization))
+    with pytest.raises(ValueError, match="unfreeze_top"):
+        set_backbones_trainable(model, True, unfreeze_top=1, train_batchnorm=True)
