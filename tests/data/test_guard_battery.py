@@ -213,3 +213,16 @@ def test_thousands_separator_is_named(tmp_path):
     with pytest.raises(ValueError) as exc:
         _load(_layout(tmp_path, *_base(["Weight (Kg)"], lambda i: [weights[i]])))
     assert "row 1 '1,200'" in str(exc.value) and "thousands separator" in str(exc.value)
+
+
+@pytest.mark.parametrize("content,fragment", [
+    (b"PK\x03\x04\x14\x00 workbook", "is a zip archive, probably an Excel workbook (.xlsx), not a CSV text file"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1 old", "is an old Excel workbook (.xls)"),
+    (b"Patient#,Appt#,DFU#,Healing Phase Abs,Age\n1,0,1,I,6\x00\x001\n", "holds NUL bytes (first at line 2, byte offset 51; 2 in all)"),
+])
+def test_a_workbook_or_a_file_with_nul_bytes_is_not_read_as_text(tmp_path, content, fragment):
+    root = _layout(tmp_path, *_base())
+    (root / "metadata.csv").write_bytes(content)
+    with pytest.raises(ValueError) as exc:
+        _load(root)
+    assert "metadata.csv" in str(exc.value) and fragment in str(exc.value)

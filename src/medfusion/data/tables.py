@@ -52,6 +52,22 @@ def utf8_error(path: Path, what: str, data: bytes, exc: UnicodeDecodeError) -> V
     )
 
 
+def _refuse_binary(data: bytes, path: Path, what: str) -> None:
+    """A spreadsheet workbook saved under a .csv name, or NUL bytes (a damaged copy): never read as text."""
+    for magic, kind in ((b"PK\x03\x04", "a zip archive, probably an Excel workbook (.xlsx)"),
+                        (b"\xd0\xcf\x11\xe0", "an old Excel workbook (.xls)")):
+        if data.startswith(magic):
+            raise ValueError(f"{what} file {str(path)!r} is {kind}, not a CSV text file; open it and save it as "
+                             "'CSV UTF-8 (comma delimited)'")
+    nul = data.find(b"\x00")
+    if nul >= 0 and not data.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16 is named by the UTF-8 check
+        line, total = data[:nul].count(b"\n") + 1, data.count(b"\x00")
+        raise ValueError(
+            f"{what} file {str(path)!r} holds NUL bytes (first at line {line}, byte offset {nul}; {total} in all): "
+            "the file is damaged (an interrupted copy or disk error), saved as UTF-16, or not text. Copy it again from "
+            "the source, or re-save it as CSV UTF-8.")
+
+
 def _header(text: str, sep: str) -> list[str]:
     try:
         return [clean_name(f) for f in next(csv.reader(io.StringIO(text, newline=None), delimiter=sep))]
@@ -143,6 +159,7 @@ def read_table(path: Path, what: str, required=(), log: logging.Logger | None = 
             + (f" ({str(path)!r} is a folder)" if path.is_dir() else "")
         )
     data = path.read_bytes()
+    _refuse_binary(data, path, what)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
