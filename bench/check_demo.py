@@ -25,6 +25,15 @@ print(f"best single   {best_single}: QWK {singles.loc[best_single, 'qwk_mean']:.
 print(f"fusion gain   {gain:+.4f}  (needs >= +0.05)")
 print(f"oracle (all)  QWK {oracle['oracle:all']:.4f}; best fusion reaches {share:.3f} of it (needs >= 0.80)")
 print(f"image jobs restoring Stage 1 from epoch 1: {len(epoch1)} of {len(images)} (needs 0)")
+if "visit_qwk_mean" in summary.columns:
+    r = summary.loc[best_fusion]
+    print(f"best fusion per visit: QWK {r.visit_qwk_mean:.4f} [{r.visit_qwk_ci_low:.3f}, {r.visit_qwk_ci_high:.3f}]")
+if (run / "comparisons.csv").is_file():
+    comp = pd.read_csv(run / "comparisons.csv").set_index("combination")
+    if best_fusion in comp.index:
+        c = comp.loc[best_fusion]
+        print(f"best fusion vs its best member {c.best_member}: visit QWK {c.delta_visit_qwk:+.4f} "
+              f"[{c.ci_low:+.3f}, {c.ci_high:+.3f}], better in {c.folds_won} of {c.n_folds} folds")
 ok = gain >= 0.05 and share >= 0.80 and epoch1.empty
 print("PASS" if ok else "FAIL")
 sys.exit(0 if ok else 1)

@@ -479,8 +479,9 @@ class Search:
             job["fusion_rf_weight"] = self._fit_fusion_weight(model, sel, mods, batch)
         elif fusion is not None:
             job["fusion_rf_weight"] = {"start": s1.fusion_rf_weight_start, "end": w_end, "method": "trained"}
-        proba_sel = predict(model, sel[0], batch)
-        return model, proba_sel, predict(model, inputs(sp.val), batch)
+        replicas = self.strategy.num_replicas_in_sync
+        proba_sel = predict(model, sel[0], batch, replicas)
+        return model, proba_sel, predict(model, inputs(sp.val), batch, replicas)
 
     def _stage2(self, model, ckpt_dir, train, sel, alpha, seed, s1, s1_ckpt, job):
         """Stage 2, kept only if it beats Stage 1 on the selection split; returns its end fusion weight if kept."""
@@ -509,8 +510,9 @@ class Search:
     def _fit_fusion_weight(self, model, sel, mods, batch) -> dict:
         """The forest weight that best mixes the two branches' selection-split probabilities (log loss)."""
         x, y = sel
-        image_model = keras.Model({m: model.input[m] for m in mods}, model.get_layer("image_classifier").output)
-        p_img = predict(image_model, {m: x[m] for m in mods}, batch)
+        with self.strategy.scope():
+            image_model = keras.Model({m: model.input[m] for m in mods}, model.get_layer("image_classifier").output)
+        p_img = predict(image_model, {m: x[m] for m in mods}, batch, self.strategy.num_replicas_in_sync)
         fusion = fusion_layer(model)
         fit = fit_fusion_weight(x["metadata"], p_img, y, fusion.rf_weight())
         fusion.set_rf_weight(fit["weight"])
@@ -544,7 +546,7 @@ class Search:
                 weights = f"models/{combo}/fold_{k}.npz"
                 ckpt_assign(model.variables, read_run_arrays(self.run_dir / weights, load_arrays)["model"], weights)
                 proba = predict(model, _inputs(self.crops, va, image_modalities_of(combo), p_va),
-                                max(cfg.train.batch_size, 32))
+                                max(cfg.train.batch_size, 32), self.strategy.num_replicas_in_sync)
                 files.append(weights)
             files += self._record(combo, k, va, proba, job)
             self.state.mark_done(combo, k, files)

@@ -34,10 +34,17 @@ class BatchPlan:
 
 
 def plan_batches(n_samples: int, per_replica_batch: int, replicas: int) -> BatchPlan:
+    """The global batch, clamped to the dataset size and kept a multiple of the replica count.
+
+    A global batch that does not split evenly gives replicas batches of different sizes (or an
+    empty one), which MirroredStrategy cannot run; the training stream runs on across passes,
+    so a multiple of the replicas is always available.
+    """
     if n_samples <= 0:
         raise ValueError("cannot train on an empty dataset (0 samples)")
     global_batch = per_replica_batch * replicas
     batch = min(global_batch, n_samples)
+    batch = max(replicas, batch - batch % replicas)
     return BatchPlan(n_samples, global_batch, batch, math.ceil(n_samples / batch), batch < global_batch)
 
 
@@ -128,13 +135,30 @@ def train_dataset(inputs: dict, labels: np.ndarray, plan: BatchPlan, seed: int, 
     return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def eval_dataset(inputs: dict, labels: np.ndarray | None, batch: int) -> tf.data.Dataset:
-    """One pass in order, no repeat: every sample seen exactly once."""
+def eval_dataset(inputs: dict, labels: np.ndarray | None, batch: int, replicas: int = 1) -> tf.data.Dataset:
+    """One pass in order, no repeat: every sample seen exactly once.
+
+    With several replicas every batch must split evenly, so the pass is padded to a multiple of
+    the batch (itself a multiple of the replicas) with copies of the first sample that carry
+    sample weight 0: metrics (kappa, accuracy) never count them, and `predict` drops their rows.
+    """
     n = len(next(iter(inputs.values())))
     batch = max(1, min(batch, n))
+    pad = 0
+    if replicas > 1:
+        batch = max(replicas, batch + (-batch) % replicas)
+        pad = (-n) % batch
+        inputs = {k: np.concatenate([v, np.repeat(v[:1], pad, axis=0)]) for k, v in inputs.items()}
     if labels is None:
         ds = tf.data.Dataset.from_tensor_slices(inputs).batch(batch).map(_cast)
     else:
-        ds = tf.data.Dataset.from_tensor_slices((inputs, one_hot(labels))).batch(batch)
-        ds = ds.map(lambda x, y: (_cast(x), y))
+        targets = one_hot(labels)
+        if replicas > 1:
+            targets = np.concatenate([targets, np.repeat(targets[:1], pad, axis=0)])
+            weights = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
+            ds = tf.data.Dataset.from_tensor_slices((inputs, targets, weights)).batch(batch)
+            ds = ds.map(lambda x, y, w: (_cast(x), y, w))
+        else:
+            ds = tf.data.Dataset.from_tensor_slices((inputs, targets)).batch(batch)
+            ds = ds.map(lambda x, y: (_cast(x), y))
     return ds.prefetch(tf.data.AUTOTUNE)

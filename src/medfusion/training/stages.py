@@ -129,13 +129,14 @@ def run_stage(stage: str, model: keras.Model, strategy: tf.distribute.Strategy, 
     with strategy.scope():
         model.compile(optimizer=keras.optimizers.Adam(learning_rate=cfg.lr),
                       loss=focal_loss(alpha, gamma),
-                      metrics=[CohenKappa(num_classes=3, weighting="quadratic", name="qwk"), "accuracy"])
+                      # weighted: the rows eval_dataset pads for replicas carry weight 0 and are never counted
+                      weighted_metrics=[CohenKappa(num_classes=3, weighting="quadratic", name="qwk"), "accuracy"])
     trainable, total = count_params(model)
     log.info("  [%s] lr=%g epochs<=%d patience=%d trainable params %d of %d (%.1f%%); n_train=%d n_val=%d "
              "global batch %d, steps_per_epoch %d; alpha=%s", stage, cfg.lr, cfg.epochs, cfg.patience, trainable,
              total, 100.0 * trainable / max(total, 1), len(y_train), len(y_val), plan.batch,
              plan.steps_per_epoch, np.round(np.asarray(alpha), 3).tolist())
-    val_ds = eval_dataset(x_val, y_val, plan.batch)
+    val_ds = eval_dataset(x_val, y_val, plan.batch, strategy.num_replicas_in_sync)
     fusion = fusion_layer(model)
     best = BestOnMetric("val_qwk", cfg.patience)
     epoch_log = EpochLog(stage, cfg.epochs, cfg.lr, fusion)
@@ -199,5 +200,8 @@ class SaveProgress(keras.callbacks.Callback):
         crash_point("epoch")
 
 
-def predict(model: keras.Model, inputs: dict, batch: int) -> np.ndarray:
-    return np.asarray(model.predict(eval_dataset(inputs, None, batch), verbose=0), dtype=np.float64)
+def predict(model: keras.Model, inputs: dict, batch: int, replicas: int = 1) -> np.ndarray:
+    """Probabilities for every row of `inputs`, in order (rows padded for replicas are dropped)."""
+    n = len(next(iter(inputs.values())))
+    out = model.predict(eval_dataset(inputs, None, batch, replicas), verbose=0)
+    return np.asarray(out, dtype=np.float64)[:n]
