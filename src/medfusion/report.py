@@ -69,6 +69,15 @@ def _summary(run) -> pd.DataFrame:
     return summary_from_jobs(run)
 
 
+def _fold_qwks(run, combination: str) -> list[float]:
+    """Per-fold view QWKs: from the job records, else (late-fusion baselines have none) from results.csv."""
+    folds = [_qwk(j) for j in run.jobs if j["combination"] == combination]
+    res = run.results
+    if not folds and res is not None and {"combination", "qwk"} <= set(res.columns):
+        folds = [_float(q) for q in res.loc[res["combination"] == combination, "qwk"]]
+    return folds
+
+
 # ----------------------------------------------------------------------------- plots
 def plot_summary(run, path: Path) -> bool:
     plt = _pyplot()
@@ -80,7 +89,7 @@ def plot_summary(run, path: Path) -> bool:
     ax.barh(y, summary["qwk_mean"], xerr=summary["qwk_std"].fillna(0), color=colors, alpha=0.6,
             error_kw={"capsize": 4, "elinewidth": 1.2}, height=0.6)
     for i, combo in enumerate(combos):
-        folds = [_qwk(j) for j in run.jobs if j["combination"] == combo]
+        folds = _fold_qwks(run, combo)
         ax.scatter(folds, np.full(len(folds), i), color="black", s=14, zorder=3,
                    label="one fold" if i == 0 else None)
         m, s = summary.iloc[i]["qwk_mean"], summary.iloc[i]["qwk_std"]
@@ -311,6 +320,7 @@ def write_plots(run, log: logging.Logger) -> tuple[list[tuple[str, str]], list[s
 
 
 def render_markdown(run, findings, figures, plots, failed) -> str:
+    from medfusion.evaluation.late_fusion import is_late_fusion
     from medfusion.review import SEVERITIES, format_stage
 
     name = Path(run.run_dir).name
@@ -331,6 +341,10 @@ def render_markdown(run, findings, figures, plots, failed) -> str:
               "patients), best first: visit QWK mean over folds with a 95% patient-bootstrap interval of the "
               "pooled out-of-fold visits, then per-view scores (mean and sample std over folds).", ""]
     summary = _summary(run)
+    if summary["combination"].map(lambda c: is_late_fusion(str(c))).any():
+        lines += ["Rows `late_mean:<combination>` (the mean of the combination's single-modality members' "
+                  "probabilities) and `ensemble:metadata` (the mean of every combination containing metadata) "
+                  "are late-fusion baselines: nothing is trained for them, so they have no job record.", ""]
     cols = [c for c in ("n_folds", "visit_qwk_mean", "visit_qwk_ci_low", "visit_qwk_ci_high", "qwk_mean", "qwk_std",
                         "kappa_mean", "accuracy_mean", "f1_macro_mean") if c in summary.columns]
     lines.append("| combination | " + " | ".join(cols) + " |")

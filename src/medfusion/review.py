@@ -463,8 +463,12 @@ def check_fusion(run: RunRecords) -> list[Finding]:
 
 def check_fusion_interval(run: RunRecords) -> list[Finding]:
     """Worse with a paired interval below 0 is a warning; an interval that includes 0 is no evidence of a gain."""
+    from medfusion.evaluation.late_fusion import is_late_fusion
+
     out = []
     for r in run.comparisons.itertuples():
+        if is_late_fusion(str(r.combination)):
+            continue  # a baseline (a mean of member probabilities): nothing was trained that could be fixed
         ev = {"best_member": r.best_member, "delta_visit_qwk": round(float(r.delta_visit_qwk), 4),
               "ci_low": round(float(r.ci_low), 4), "ci_high": round(float(r.ci_high), 4),
               "folds_won": int(r.folds_won), "n_folds": int(r.n_folds)}

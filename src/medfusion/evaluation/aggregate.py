@@ -1,5 +1,8 @@
 """results.csv, summary.csv and comparisons.csv, rebuilt from job records and prediction files.
 
+Late-fusion baselines (evaluation/late_fusion.py) are rows like any other: their results rows
+come from their averaged prediction tables instead of a job record, with empty stage columns.
+
 Per-fold rows come from the job records; intervals and paired comparisons from the pooled
 out-of-fold visit predictions, so a reader sees both the fold spread and the uncertainty
 of the pooled estimate.
@@ -14,6 +17,7 @@ import pandas as pd
 
 from medfusion.constants import MODALITIES, all_combinations
 from medfusion.evaluation.bootstrap import N_RESAMPLES, bootstrap_qwk, paired_bootstrap
+from medfusion.evaluation.late_fusion import comparison_members
 from medfusion.evaluation.visits import pooled_visits
 
 log = logging.getLogger("medfusion")
@@ -83,13 +87,16 @@ def compare(summary: pd.DataFrame, results: pd.DataFrame, visits: dict[str, pd.D
     """Each multi-modality combination against its best single-modality member (by visit_qwk_mean).
 
     Paired patient bootstrap on the visits both scored; folds_won counts folds where the
-    combination's visit QWK is strictly higher.
+    combination's visit QWK is strictly higher. A late-fusion baseline is compared with the best
+    of what it averages (late_mean:<c>: c's modalities; ensemble:metadata: its combinations).
     """
     mean = dict(zip(summary["combination"], summary["visit_qwk_mean"]))
+    combinations = list(summary["combination"])
     rows = []
-    for combo in summary["combination"]:
-        members = [m for m in combo.split("+") if m in mean]
-        if len(combo.split("+")) < 2 or not members or combo not in visits:
+    for combo in combinations:
+        wanted = comparison_members(combo, combinations)
+        members = [m for m in wanted if m in mean]
+        if len(wanted) < 2 or not members or combo not in visits:
             continue
         best = max(members, key=lambda m: mean[m])
         if best not in visits:
