@@ -220,8 +220,9 @@ class Search:
             shutil.rmtree(ckpts)  # only empty job folders are left once every job is recorded
         if self.cfg.runtime.resume_mode == "from_predictions":
             self.rescore_from_predictions()
-        results = results_frame(self.result_rows())
-        visits = pooled_by_combination(self.fold_predictions())
+        late_rows: list[dict] = []
+        visits = pooled_by_combination(self.fold_predictions(late_rows))
+        results = results_frame(self.result_rows() + late_rows)
         s = self.cfg.search
         summary = summarize(results, visits, s.bootstrap_resamples, s.seed)
         comparisons = compare(summary, results, visits, s.bootstrap_resamples, s.seed)
@@ -239,9 +240,17 @@ class Search:
         run_review(self.run_dir, strict=False, log=log)
         return summary
 
-    def fold_predictions(self) -> dict:
-        """combination -> [(prediction table, decision rule)] of every finished fold, from the run folder."""
+    def fold_predictions(self, late_rows: list | None = None) -> dict:
+        """combination -> [(prediction table, decision rule)] of every finished fold, from the run folder.
+
+        The late-fusion baselines (evaluation/late_fusion.py) are added as combinations (argmax): their
+        averaged tables are written to predictions/<folder_name>/fold_<k>.csv and, when `late_rows` is
+        a list, their results rows are appended to it.
+        """
+        from medfusion.evaluation.late_fusion import folder_name, late_fusion_row, late_fusion_tables
+
         out: dict = {}
+        by_fold: dict = {}
         for rec in self.state.done_jobs():
             combo, k = rec["combination"], rec["fold"]
             pred = read_run_csv(self.run_dir / "predictions" / combo / f"fold_{k}.csv")
@@ -249,6 +258,14 @@ class Search:
                 pred["visit"] = pred["sample_id"]
             job = read_run_json(self.run_dir / "jobs" / combo / f"fold_{k}.json")
             out.setdefault(combo, []).append((pred, job.get("decision")))
+            by_fold.setdefault(combo, {})[int(k)] = pred
+        for name, tables in late_fusion_tables(by_fold, self.combinations).items():
+            for k, pred in sorted(tables.items()):
+                atomic_write_csv(self.run_dir / "predictions" / folder_name(name) / f"fold_{k}.csv", pred)
+                out.setdefault(name, []).append((pred, None))
+                if late_rows is not None:
+                    late_rows.append(late_fusion_row(name, k, pred))
+            log.info("late-fusion baseline %s: %d fold(s), predictions/%s/", name, len(tables), folder_name(name))
         return out
 
     def pending(self, k: int) -> list[str]:
