@@ -12,8 +12,10 @@ from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score
 
 from medfusion.data.synthetic import generate_demo
 from medfusion.evaluation.aggregate import COMPARISON_COLUMNS, RESULT_COLUMNS, SUMMARY_COLUMNS
+from medfusion.evaluation.late_fusion import late_fusion_plan
 
 ROOT = Path(__file__).resolve().parents[1]
+P = ["p_I", "p_P", "p_R"]
 FAST = ["--set", "data.image_size=16", "--set", "train.pretrain.epochs=2", "--set", "train.stage1.epochs=2",
         "--set", "train.stage2.epochs=1", "--set", "forest.n_estimators=20", "--set", "model.head_units=8",
         "--set", "train.batch_size=16"]
@@ -52,9 +54,11 @@ def _check_run_folder(run, combos, data_dir, folds=2):
         assert (run / name).is_file(), name
     results = pd.read_csv(run / "results.csv")
     assert list(results.columns) == RESULT_COLUMNS
-    assert len(results) == len(combos) * folds
+    late = late_fusion_plan(combos)
+    assert late  # every search with a fusion combination has late-fusion baselines
+    assert len(results) == (len(combos) + len(late)) * folds
     assert not results.duplicated(["combination", "fold"]).any()
-    assert set(results["combination"]) == set(combos)
+    assert set(results["combination"]) == set(combos) | set(late)
     assignment = json.loads((run / "folds.json").read_text())
     labels = _metadata_labels(data_dir)
     for k in range(folds):
@@ -85,8 +89,9 @@ def _check_run_folder(run, combos, data_dir, folds=2):
                 assert abs(row[key] - view[key]) < 1e-5, (c, k, key)
                 assert abs(row[f"visit_{key}"] - visit[key]) < 1e-5, (c, k, key)
             assert row["n_val"] == len(pred) and row["n_val_visits"] == len(visits)
+    _check_late_fusion(run, results, late, folds)
     summary = pd.read_csv(run / "summary.csv")
-    assert list(summary.columns) == SUMMARY_COLUMNS and len(summary) == len(combos)
+    assert list(summary.columns) == SUMMARY_COLUMNS and len(summary) == len(combos) + len(late)
     assert summary["visit_qwk_mean"].is_monotonic_decreasing
     g = results.groupby("combination")
     for r in summary.itertuples():
@@ -96,14 +101,51 @@ def _check_run_folder(run, combos, data_dir, folds=2):
         assert r.visit_qwk_ci_low <= r.visit_qwk_pooled <= r.visit_qwk_ci_high
     comparisons = pd.read_csv(run / "comparisons.csv")
     assert list(comparisons.columns) == COMPARISON_COLUMNS
-    assert set(comparisons["combination"]) == {c for c in combos if "+" in c}
+    assert set(comparisons["combination"]) == {c for c in combos if "+" in c} | set(late)
     return results
+
+
+def _check_late_fusion(run, results, late, folds):
+    """Each baseline's prediction file is the mean of its members' files (joined on sample_id here), and its
+    results row is sklearn's score of that mean (argmax), with empty stage columns."""
+    for name, members in late.items():
+        for k in range(folds):
+            path = run / "predictions" / name.replace(":", "-") / f"fold_{k}.csv"
+            got = pd.read_csv(path).set_index("sample_id")
+            parts = [pd.read_csv(run / "predictions" / m / f"fold_{k}.csv").set_index("sample_id") for m in members]
+            joined = pd.concat([t[P].add_suffix(f"@{i}") for i, t in enumerate(parts)], axis=1, join="inner")
+            assert len(joined) == len(got) == len(parts[0])
+            for c in P:
+                want = joined[[f"{c}@{i}" for i in range(len(parts))]].mean(axis=1)
+                assert (got.loc[want.index, c] - want).abs().max() <= 5.1e-7, (name, k, c)  # files hold 6 decimals
+            assert (got["y_true"] == parts[0].loc[got.index, "y_true"]).all()
+            row = results[(results["combination"] == name) & (results["fold"] == k)].iloc[0]
+            view = _sk_scores(got["y_true"], got[P].to_numpy().argmax(1))
+            visits = got.groupby("visit").agg(y=("y_true", "first"), **{c: (c, "mean") for c in P})
+            visit = _sk_scores(visits["y"], visits[P].to_numpy().argmax(1))
+            for key in view:
+                assert abs(row[key] - view[key]) < 1e-6 and abs(row[f"visit_{key}"] - visit[key]) < 1e-6, (name, key)
+            assert row["decision"] == "argmax" and pd.isna(row["stage1_best_epoch"]) and pd.isna(row["stage2_kept"])
+
+
+def _check_tensorboard(run, combos, folds=2):
+    """Event files (train and validation scalars) for every stage trained in the run, pre-training included."""
+    board = run / "tensorboard"
+    expected = [board / c / f"fold_{k}" / s for c in combos if c != "metadata" for k in range(folds)
+                for s in ("stage1", "stage2")]
+    expected += [board / f"pretrain-{m}" / f"fold_{k}" / "scratch" for m in {m for c in combos
+                 for m in c.split("+") if m != "metadata"} for k in range(folds)]
+    for d in expected:
+        for part in ("train", "validation"):
+            assert list((d / part).glob("events.out.tfevents.*")), d / part
+    assert not (board / "metadata").exists()  # the forest trains no epochs
 
 
 @pytest.mark.slow
 def test_search_end_to_end(tmp_path, tiny_dataset):
     run, proc = _search(tmp_path, tiny_dataset, "--combinations", "metadata+depth_rgb")
     results = _check_run_folder(run, ["metadata", "depth_rgb", "metadata+depth_rgb"], tiny_dataset)
+    _check_tensorboard(run, ["metadata", "depth_rgb", "metadata+depth_rgb"])
     fused = results[results["combination"] == "metadata+depth_rgb"]
     for k in (0, 1):  # the forest weight is the one fit on the selection split, and the model holds it
         job = json.loads((run / "jobs" / "metadata+depth_rgb" / f"fold_{k}.json").read_text())

@@ -55,9 +55,11 @@ class DatasetCheck:
 
 
 def _search_modalities(cfg) -> set:
-    mods = set(cfg.search.modalities)
-    for comb in cfg.search.combinations:
-        mods |= {m.strip() for m in str(comb).split("+")}
+    """The modalities the search will use: those of the explicit combinations, else search.modalities."""
+    if cfg.search.combinations:
+        mods = {m.strip() for comb in cfg.search.combinations for m in str(comb).split("+")}
+    else:
+        mods = set(cfg.search.modalities)
     return mods & set(MODALITIES)
 
 
@@ -122,7 +124,7 @@ def check_dataset(cfg, log: logging.Logger | None = None, *, decode: bool = Fals
                 f"data directory {str(data_dir)!r} not found. The demo dataset is generated only into data.demo_dir "
                 f"({cfg.data.demo_dir!r}), never into another folder: check the path, or leave out --data_dir to "
                 "use the demo")
-        manifest = load_dfu(data_dir, cfg.data, log)
+        manifest = load_dfu(data_dir, cfg.data, log, modalities=_search_modalities(cfg))
     except (OSError, ValueError) as exc:
         return DatasetCheck(False, [str(exc)], None, data_dir=str(data_dir))
 
@@ -136,7 +138,7 @@ def check_dataset(cfg, log: logging.Logger | None = None, *, decode: bool = Fals
     plab = patient_labels(manifest).to_numpy()
     stats["classes_patient"] = dict(zip(CLASSES, np.bincount(plab, minlength=len(CLASSES)).tolist()))
     stats["patients_with_class"] = class_patient_counts(manifest)
-    stats["box_sizes"] = _box_sizes(manifest)
+    stats["box_sizes"] = {} if rep.get("metadata_only") else _box_sizes(manifest)
 
     for c, n in stats["classes_sample"].items():
         if n == 0:
@@ -186,7 +188,7 @@ def check_dataset(cfg, log: logging.Logger | None = None, *, decode: bool = Fals
     if n_unreadable:
         warnings.append(f"{n_unreadable} image file(s) are missing, empty, not images or cut short; their frames "
                         "were skipped (see 'unreadable image files')")
-    if decode:
+    if decode and not rep.get("metadata_only"):
         failures = _decode_all(manifest, log)
         stats["decode_failures"] = [{"file": p, "error": e, "samples": n} for p, e, n in failures]
         if failures:
@@ -265,10 +267,12 @@ def _full_summary(c: DatasetCheck) -> str:
     m = c.manifest
     if m is not None:
         st, rep = c.stats, m.report
+        source = (f"from {rep.get('n_metadata_rows', '?')} metadata rows; metadata only: one sample per visit, no "
+                  "box file or image folder read" if rep.get("metadata_only") else
+                  f"from {rep.get('n_metadata_rows', '?')} metadata rows, {rep.get('n_depth_frames', '?')} depth "
+                  f"and {rep.get('n_thermal_frames', '?')} thermal frames")
         lines.append(f"  {st['n_samples']} samples, {st['n_visits']} visits, {st['n_patients']} patients; "
-                     f"{st['n_features']} metadata feature columns "
-                     f"(from {rep.get('n_metadata_rows', '?')} metadata rows, {rep.get('n_depth_frames', '?')} depth "
-                     f"and {rep.get('n_thermal_frames', '?')} thermal frames)")
+                     f"{st['n_features']} metadata feature columns ({source})")
         lines.append(f"  classes per sample:  {_pct(st['classes_sample'])}")
         lines.append(f"  classes per visit:   {_pct(st['classes_visit'])}")
         lines.append(f"  classes per patient: {_pct(st['classes_patient'])} (majority class); patients with any "
@@ -354,9 +358,11 @@ def _short_summary(c: DatasetCheck) -> str:
     st, rep = c.stats, c.manifest.report
     skipped = {k: e["count"] for k, e in rep.get("skipped", {}).items()}
     n_unreadable = sum(e["count"] for e in rep.get("unreadable_files", {}).values())
+    images = ("metadata only (one sample per visit; no box file or image folder read)" if rep.get("metadata_only")
+              else f"depth frames skipped {sum(skipped.values())}"
+              + (f" ({', '.join(f'{k} {v}' for k, v in skipped.items())})" if skipped else "")
+              + f"; unreadable image files {n_unreadable}")
     line = (f"dataset {c.data_dir}: {st['n_samples']} samples, {st['n_visits']} visits, {st['n_patients']} patients; "
-            f"classes {_pct(st['classes_sample'])}; depth frames skipped {sum(skipped.values())}"
-            + (f" ({', '.join(f'{k} {v}' for k, v in skipped.items())})" if skipped else "")
-            + f"; unreadable image files {n_unreadable}")
+            f"classes {_pct(st['classes_sample'])}; {images}")
     lines = [line] + [f"  warning: {w}" for w in c.warnings] + [f"  PROBLEM: {p}" for p in c.problems]
     return "\n".join(lines)

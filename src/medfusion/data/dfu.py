@@ -122,9 +122,10 @@ def _check_folders(root: Path, folders: dict) -> None:
     if bad:
         present = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir() if not p.name.startswith("."))
         raise FileNotFoundError(
-            f"image folder(s) missing in {str(root)!r}: {'; '.join(bad)}. Every sample needs all four image folders "
-            f"(a metadata-only search too: a sample is one matched view of a visit); the folder holds "
-            f"{', '.join(present[:10]) or 'nothing'}. Check data.data_dir and data.folders in the data config")
+            f"image folder(s) missing in {str(root)!r}: {'; '.join(bad)}. A search with an image modality needs all "
+            f"four image folders (a sample is one matched view of a visit; a metadata-only search, --modalities "
+            f"metadata, needs only the metadata file); the folder holds {', '.join(present[:10]) or 'nothing'}. "
+            "Check data.data_dir and data.folders in the data config")
 
 
 def _nested_frames(folders: dict, n_depth: int) -> list[str]:
@@ -234,9 +235,11 @@ def _check_appt_numbering(meta: pd.DataFrame, depth_frames: dict, path: Path, lo
 # ----------------------------------------------------------------------------- loader
 
 
-def load_dfu(data_dir, data_cfg: DataConfig, log: logging.Logger | None = None) -> Manifest:
+def load_dfu(data_dir, data_cfg: DataConfig, log: logging.Logger | None = None, modalities=None) -> Manifest:
     """Read the DFU layout in `data_dir` (file and folder names from `data_cfg`) into a Manifest.
 
+    `modalities` (default: all) are the modalities the caller will use: without an image modality
+    only metadata.csv is read and each visit is one sample (data/metadata_only.py).
     Raises FileNotFoundError / ValueError with a message naming the file, row and value for input
     that cannot be used; skips (with counts in `manifest.report` and log lines) what can be left out.
     """
@@ -247,6 +250,10 @@ def load_dfu(data_dir, data_cfg: DataConfig, log: logging.Logger | None = None) 
             f"data directory {str(root)!r} not found{' (it is a file)' if root.exists() else ''}; check --data_dir / "
             "data.data_dir (the demo dataset is generated only into data.demo_dir, with data.demo: true)"
         )
+    if modalities is not None and not set(modalities) & set(IMAGE_MODALITIES):
+        from medfusion.data.metadata_only import load_metadata_only
+
+        return load_metadata_only(root, data_cfg, log)
     folders = {m: root / data_cfg.folders.get(m, m) for m in IMAGE_MODALITIES}
     _check_folders(root, folders)
     report: dict = {}

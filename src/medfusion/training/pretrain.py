@@ -95,12 +95,14 @@ def _freeze_for(phase: str, model: keras.Model) -> None:
 
 
 def run_pretraining(modality: str, model: keras.Model, strategy: tf.distribute.Strategy, train: tuple, val: tuple,
-                    cfg: Config, seed: int, checkpoint_dir: Path | None = None) -> PretrainResult:
+                    cfg: Config, seed: int, checkpoint_dir: Path | None = None,
+                    tensorboard_dir: Path | None = None) -> PretrainResult:
     """Pre-train ``model`` (build_pretrain_model) per the recipe its weights call for; equal focal alpha.
 
     The model ends holding the chosen weights with its backbone left trainable as in the last
     phase (the fusion model it is transferred into sets its own freezing). With
-    ``checkpoint_dir`` a finished pre-training is loaded, an interrupted one continues.
+    ``checkpoint_dir`` a finished pre-training is loaded, an interrupted one continues. With
+    ``tensorboard_dir`` each phase trained here writes event files to ``tensorboard_dir/<phase>``.
     """
     final = StageCheckpoint(checkpoint_dir) if checkpoint_dir is not None else None
     if final is not None and (done := final.completed()) is not None:
@@ -112,8 +114,9 @@ def run_pretraining(modality: str, model: keras.Model, strategy: tf.distribute.S
                 "it was written by another medfusion version or edited: move the folder aside to recompute it"
             ) from exc
         final.load_final(model)
-        log.info("  [pretrain %s] already completed: loaded its weights (%s, final phase %s, val QWK %.4f)",
-                 modality, result.recipe, result.final_phase, result.best_val_qwk)
+        log.info("  [pretrain %s] already completed: loaded its weights (%s, final phase %s, val QWK %.4f)%s",
+                 modality, result.recipe, result.final_phase, result.best_val_qwk,
+                 "" if tensorboard_dir is None else "; reused from the cache, so no TensorBoard events in this run")
         return result
     recipe = RECIPE_TRANSFER if uses_pretrained_weights(cfg.model.weights) else RECIPE_SCRATCH
     result = PretrainResult(modality, recipe)
@@ -129,7 +132,8 @@ def run_pretraining(modality: str, model: keras.Model, strategy: tf.distribute.S
         ckpt = StageCheckpoint(Path(checkpoint_dir) / phase) if checkpoint_dir is not None else None
         r = run_stage(f"pretrain {modality} {phase}" if recipe == RECIPE_TRANSFER else f"pretrain {modality}",
                       model, strategy, train, val, stage_cfg, equal_alpha(3), t.focal_gamma, t.batch_size,
-                      seed + i, t.augment, checkpoint=ckpt)
+                      seed + i, t.augment, checkpoint=ckpt,
+                      tensorboard_dir=None if tensorboard_dir is None else Path(tensorboard_dir) / phase)
         r.backbone_change = relative_change(before, backbone_snapshot(model))
         result.phases[phase] = r
         if phase == "warmup":

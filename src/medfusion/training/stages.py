@@ -9,9 +9,11 @@ the pre-training of a from-scratch backbone (training/pretrain.py).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -108,20 +110,40 @@ def relative_change(before: list[np.ndarray], after: list[np.ndarray]) -> float:
     return float(np.sqrt(num / den)) if den > 0 else float("nan")
 
 
+def tensorboard_callback(log_dir: Path | str | None, stage: str) -> keras.callbacks.Callback | None:
+    """keras.callbacks.TensorBoard writing per-epoch scalars (train/ and validation/) under log_dir, or None.
+
+    Writing scalars needs the `tensorboard` package (TensorFlow 2.21 no longer installs it): without
+    it the stage trains as usual and the log says how to get the event files.
+    """
+    if log_dir is None:
+        return None
+    if importlib.util.find_spec("tensorboard") is None:
+        log.warning("  [%s] no TensorBoard event files: the tensorboard package is not installed "
+                    "(pip install tensorboard)", stage)
+        return None
+    log.info("  [%s] TensorBoard event files: %s", stage, log_dir)
+    return keras.callbacks.TensorBoard(log_dir=str(log_dir), histogram_freq=0, write_graph=False,
+                                       update_freq="epoch", profile_batch=0)
+
+
 def run_stage(stage: str, model: keras.Model, strategy: tf.distribute.Strategy, train: tuple, val: tuple,
               cfg: StageConfig, alpha, gamma: float, per_replica_batch: int, seed: int,
-              augment: bool, checkpoint: StageCheckpoint | None = None) -> StageResult:
+              augment: bool, checkpoint: StageCheckpoint | None = None,
+              tensorboard_dir: Path | str | None = None) -> StageResult:
     """Compile and fit one stage; the model ends holding its best-epoch weights.
 
     With a checkpoint, a finished stage is loaded instead of trained, and an interrupted
     one continues from its last completed epoch (weights, optimizer, early-stopping state).
+    With tensorboard_dir, the epochs trained here are written there as TensorBoard event files.
     """
     (x_train, y_train), (x_val, y_val) = train, val
     if checkpoint is not None and (done := checkpoint.completed()) is not None:
         checkpoint.load_final(model)
         result = StageResult(**done)
-        log.info("  [%s] already completed in an earlier attempt: loaded its weights (best epoch %d, val QWK %.4f)",
-                 stage, result.best_epoch, result.best_val_qwk)
+        log.info("  [%s] already completed in an earlier attempt: loaded its weights (best epoch %d, val QWK %.4f)%s",
+                 stage, result.best_epoch, result.best_val_qwk,
+                 "" if tensorboard_dir is None else "; no new TensorBoard events (nothing trained now)")
         return result
     plan = plan_batches(len(y_train), per_replica_batch, strategy.num_replicas_in_sync)
     if plan.clamped:
@@ -157,6 +179,9 @@ def run_stage(stage: str, model: keras.Model, strategy: tf.distribute.Strategy, 
     callbacks = [best, epoch_log]
     if checkpoint is not None:
         callbacks.append(SaveProgress(checkpoint, best, epoch_log, start_qwk, w_start, seconds_before))
+    board = tensorboard_callback(tensorboard_dir, stage)
+    if board is not None:
+        callbacks.append(board)
     t0 = time.time()
     if initial_epoch < cfg.epochs and not (progress or {}).get("stopped", False):
         model.fit(train_dataset(x_train, y_train, plan, seed, augment, start_step=initial_epoch * plan.steps_per_epoch),
