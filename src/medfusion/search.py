@@ -445,7 +445,8 @@ class Search:
         y = self.manifest.labels
         result = run_pretraining(modality, model, self.strategy, ({modality: self.crops[modality][tr]}, y[tr]),
                                  ({modality: self.crops[modality][va]}, y[va]), cfg, seed,
-                                 checkpoint_dir=self.cache_dir / key)
+                                 checkpoint_dir=self.cache_dir / key,
+                                 tensorboard_dir=self.run_dir / "tensorboard" / f"pretrain-{modality}" / f"fold_{k}")
         if not reused:
             atomic_write_json(self.cache_dir / key / "origin.json",
                               {"run": cfg.runtime.run_name, "fold": k, "modality": modality})
@@ -483,7 +484,8 @@ class Search:
         set_backbones_trainable(model, False)
         s1_ckpt = StageCheckpoint(ckpt_dir / "stage1")
         s1 = run_stage("stage1", model, self.strategy, train, sel, cfg.train.stage1, alpha, cfg.train.focal_gamma,
-                       cfg.train.batch_size, seed, cfg.train.augment, checkpoint=s1_ckpt)
+                       cfg.train.batch_size, seed, cfg.train.augment, checkpoint=s1_ckpt,
+                       tensorboard_dir=self.run_dir / "tensorboard" / combo / f"fold_{k}" / "stage1")
         job["stages"]["stage1"] = s1.to_dict()
         w_end = s1.fusion_rf_weight_end
         if cfg.train.stage2.epochs > 0:
@@ -509,7 +511,8 @@ class Search:
         fresh = s2_ckpt.completed() is None
         s2 = run_stage("stage2", model, self.strategy, train, sel, cfg.train.stage2, alpha,
                        cfg.train.focal_gamma, cfg.train.batch_size, seed + 1000, cfg.train.augment,
-                       checkpoint=s2_ckpt)
+                       checkpoint=s2_ckpt, tensorboard_dir=self.run_dir / "tensorboard" /
+                       ckpt_dir.relative_to(self.run_dir / "checkpoints") / "stage2")
         if fresh or s2.backbone_change is None:
             s2.backbone_change = relative_change(before, backbone_snapshot(model))
             s2_ckpt.save_final(model, s2.to_dict())
