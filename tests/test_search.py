@@ -159,6 +159,10 @@ def test_search_end_to_end(tmp_path, tiny_dataset):
     assert list((run / "plots").glob("*.png"))
     review = json.loads((run / "review.json").read_text())
     errors = [f for f in review["findings"] if f["severity"] == "error"]
+    # late-fusion rows: in the report's summary table, never flagged (they have no job record to check)
+    summary_md = (run / "report.md").read_text().split("## Findings")[0]
+    assert "| late_mean:metadata+depth_rgb | 2 |" in summary_md and "| ensemble:metadata | 2 |" in summary_md
+    assert not [f for f in review["findings"] if (f["combination"] or "").startswith(("late_mean", "ensemble"))]
     cmd = [sys.executable, str(ROOT / "main.py"), "--mode", "review", "--run_name", "e2e",
            "--set", f"runtime.logs_dir={tmp_path / 'logs'}", "--strict"]
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
