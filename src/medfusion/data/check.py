@@ -277,11 +277,13 @@ def _full_summary(c: DatasetCheck) -> str:
         lines.append(f"  classes per visit:   {_pct(st['classes_visit'])}")
         lines.append(f"  classes per patient: {_pct(st['classes_patient'])} (majority class); patients with any "
                      f"sample of a class: {', '.join(f'{k} {v}' for k, v in st['patients_with_class'].items())}")
-        lines.append("  samples by view-matching rule: "
-                     + ", ".join(f"{k} {v}" for k, v in rep.get("match_rules", {}).items()))
+        images = not rep.get("metadata_only")  # a metadata-only dataset has no frame to report on
+        if images:
+            lines.append("  samples by view-matching rule: "
+                         + ", ".join(f"{k} {v}" for k, v in rep.get("match_rules", {}).items()))
         for title, block in (("depth frames skipped", rep.get("skipped", {})),
                              ("thermal frames unusable", rep.get("thermal_unusable", {})),
-                             ("unreadable image files", rep.get("unreadable_files", {}))):
+                             ("unreadable image files", rep.get("unreadable_files", {}))) if images else ():
             total = sum(e["count"] for e in block.values())
             lines.append(f"  {title}: {total}")
             lines += [f"    {r}" for r in _reasons(block)]
@@ -323,8 +325,9 @@ def _full_summary(c: DatasetCheck) -> str:
                          f"rows used): {shown}" + (" ..." if len(cols) > N_MISSING_SHOWN else ""))
         else:
             lines.append("  missing values: none in the feature columns")
-        lines.append("  frames (width x height range) and boxes (width / height: min, median, max) per modality:")
-        for mod in IMAGE_MODALITIES:
+        if images:
+            lines.append("  frames (width x height range) and boxes (width / height: min, median, max) per modality:")
+        for mod in IMAGE_MODALITIES if images else ():
             fs, bs = rep.get("frame_sizes", {}).get(mod), st["box_sizes"].get(mod)
             if not fs or not bs or not bs["n_boxes"]:
                 continue
