@@ -39,3 +39,24 @@ def relabel_patients(src: Path, dst: Path, patients: set, label_column: str = "H
     meta.loc[rows, label_column] = meta.loc[rows, label_column].str.strip().map({"I": "P", "P": "R", "R": "I"})
     meta.to_csv(path, index=False, encoding="utf-8-sig")
     return dst
+
+
+def bundle_weights(run: Path, combination: str, fold: int) -> list:
+    """The weights of a job's saved model.keras, as numpy arrays in layer order (loaded in this process)."""
+    import keras
+
+    import medfusion.models.fusion  # noqa: F401  (registers the custom layers)
+
+    model = keras.saving.load_model(Path(run) / "bundles" / combination / f"fold_{fold}" / "model.keras", compile=False)
+    return [w for w in model.get_weights()]
+
+
+def rescored_from_predictions(run: Path, combination: str, fold: int) -> dict:
+    """Per-view and per-visit QWK recomputed with sklearn straight from a prediction file (argmax decision)."""
+    from sklearn.metrics import cohen_kappa_score
+
+    pred = pd.read_csv(Path(run) / "predictions" / combination / f"fold_{fold}.csv")
+    cols = ["p_I", "p_P", "p_R"]
+    visits = pred.groupby("visit").agg(y=("y_true", "first"), **{c: (c, "mean") for c in cols})
+    qwk = lambda y, p: cohen_kappa_score(y, p.argmax(1), labels=[0, 1, 2], weights="quadratic")  # noqa: E731
+    return {"qwk": qwk(pred["y_true"], pred[cols].to_numpy()), "visit_qwk": qwk(visits["y"], visits[cols].to_numpy())}

@@ -72,10 +72,7 @@ def _snapshot(folder: Path) -> dict:
 
 
 @pytest.mark.parametrize("damage,fragments", CASES, ids=[c[0].__name__.strip("_") for c in CASES])
-def test_search_on_a_corrupting_dataset_stops_before_any_run_folder(tmp_path, capsys, monkeypatch, damage, fragments):
-    # cli.main ends an error with logging.shutdown(), which in-process would close the stream TensorFlow's absl
-    # handler captured when an earlier test imported it (pytest's own capture): harmless in a real process
-    monkeypatch.setattr(cli.logging, "shutdown", lambda: None)
+def test_search_on_a_corrupting_dataset_stops_before_any_run_folder(tmp_path, capsys, damage, fragments):
     root = _dataset(tmp_path)
     damage(root)
     logs = tmp_path / "logs"

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from medfusion.data.synthetic import generate_demo
-from tests.harness import relabel_patients, run_search
+from tests.harness import bundle_weights, relabel_patients, run_search
 
 COMBOS = ("metadata", "depth_rgb", "metadata+depth_rgb")
 
@@ -36,7 +36,7 @@ def _fold0(run):
                                           {s: r["best_epoch"] for s, r in job.get("stages", {}).items()}],
                                          sort_keys=True)
         if c != "metadata":
-            out[f"weights:{c}"] = [a.tobytes() for a in _arrays(run / "models" / c / "fold_0.npz")]
+            out[f"weights:{c}"] = [a.tobytes() for a in bundle_weights(run, c, 0)]
     out["forest"] = [a.tobytes() for a in _arrays(run / "forest" / "fold_0.npz")]
     return out
 

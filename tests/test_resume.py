@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from medfusion.data.synthetic import generate_demo
+from tests.harness import bundle_weights, rescored_from_predictions
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--set", "data.image_size=16", "--set", "train.pretrain.epochs=3", "--set", "train.stage1.epochs=3",
@@ -71,11 +72,10 @@ def test_sigkill_at_many_moments_then_resume_matches_uninterrupted(tmp_path, dat
     for col in ("qwk", "kappa", "accuracy", "f1_macro"):
         assert (merged[f"{col}_ref"] - merged[f"{col}_res"]).abs().max() <= TOLERANCE, col
     # stronger than the metrics: every saved model and every per-epoch history is identical
-    for ref_npz in sorted((reference / "r" / "models").rglob("*.npz")):
-        rel = ref_npz.relative_to(reference / "r")
-        a, b = np.load(ref_npz), np.load(crashed / "r" / rel)
-        assert sorted(a.files) == sorted(b.files), rel
-        assert all(np.array_equal(a[k], b[k]) for k in a.files), f"{rel}: weights differ"
+    for bundle in sorted((reference / "r" / "bundles").glob("*+*/fold_*")):  # the fusion models
+        combo, fold = bundle.parent.name, int(bundle.name.split("_")[1])
+        a, b = bundle_weights(reference / "r", combo, fold), bundle_weights(crashed / "r", combo, fold)
+        assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b)), f"{bundle}: weights differ"
     for ref_job in sorted((reference / "r" / "jobs").rglob("*.json")):
         rel = ref_job.relative_to(reference / "r")
         a, b = json.loads(ref_job.read_text()), json.loads((crashed / "r" / rel).read_text())
@@ -105,18 +105,23 @@ def test_resume_modes_and_config_mismatch(tmp_path, dataset):
     proc = search(logs, dataset)
     assert "[stage1] lr=" not in proc.stderr and len(done_lines(run)) == 6
 
-    # from_predictions: results and summary rebuilt from the prediction files alone
+    # from_predictions: results and summary rebuilt from the prediction files alone; every row equals
+    # sklearn's score of its prediction file (an independent computation, not the job records)
     (run / "results.csv").unlink()
     (run / "summary.csv").unlink()
     search(logs, dataset, "r", "--resume_mode", "from_predictions")
-    pd.testing.assert_frame_equal(pd.read_csv(run / "results.csv"), first)
+    rebuilt = pd.read_csv(run / "results.csv")
+    pd.testing.assert_frame_equal(rebuilt, first)
+    for row in rebuilt[~rebuilt["combination"].str.contains(":")].itertuples():
+        want = rescored_from_predictions(run, row.combination, row.fold)
+        assert abs(row.qwk - want["qwk"]) < 1e-5 and abs(row.visit_qwk - want["visit_qwk"]) < 1e-5, row
     assert (run / "summary.csv").is_file()
 
     # from_models: predictions recomputed from the saved weights, no training
     before = pd.read_csv(run / "predictions" / "metadata+depth_rgb" / "fold_0.csv")
     (run / "predictions" / "metadata+depth_rgb" / "fold_0.csv").unlink()
     proc = search(logs, dataset, "r", "--resume_mode", "from_models")
-    assert "epoch 1/" not in proc.stderr and "recomputed from saved weights" in proc.stderr
+    assert "epoch 1/" not in proc.stderr and "recomputed from its bundle" in proc.stderr
     after = pd.read_csv(run / "predictions" / "metadata+depth_rgb" / "fold_0.csv")
     pd.testing.assert_frame_equal(before, after, atol=1e-5)
 

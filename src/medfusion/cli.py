@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import errno
-import logging
 import sys
 import traceback
 from pathlib import Path
 
 from medfusion.config import ConfigError, load_config, parse_set
 
-MODES = ("search", "review", "check_data")
+MODES = ("search", "review", "check_data", "predict")
 
 # flag -> dotted config key; flags override the config file, --set overrides both
 FLAG_KEYS = {
@@ -30,6 +29,8 @@ FLAG_KEYS = {
     "deterministic": "runtime.deterministic",
     "folds": "search.folds_file",
     "selection": "search.selection",
+    "test_fraction": "search.test_fraction",
+    "test_patients": "search.test_patients_file",
 }
 
 
@@ -39,7 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="medfusion: multimodal fusion (metadata forest + image branches) with patient-level CV.")
     p.add_argument("--mode", choices=MODES, default="search",
                    help="search: train and evaluate every combination x fold (default); review: health checks, "
-                        "plots and report of logs/<run_name>; check_data: validate a dataset without training")
+                        "plots and report of logs/<run_name>; check_data: validate a dataset without training; "
+                        "predict: apply a finished run's fold ensemble to --data_dir")
+    p.add_argument("--combination", help="with --mode predict: the combination whose fold bundles predict "
+                                         "(default: the run's best by visit_qwk_mean)")
+    p.add_argument("--out", help="with --mode predict: output folder (default logs/<run>/predict/<data folder>/)")
     p.add_argument("--strict", action="store_true",
                    help="with --mode review: exit 1 when any finding has severity error")
     p.add_argument("--config", default="configs/default.yaml", help="YAML config (default: configs/default.yaml)")
@@ -66,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--selection", choices=("inner", "outer"),
                    help="inner (default): a patient-level part of each training fold makes every choice; outer: "
                         "the reported fold chooses (the reference study's optimistic protocol, for comparison)")
+    p.add_argument("--test_fraction", "--test-fraction", type=float,
+                   help="set this fraction of the patients aside (stratified, seeded) before folding; after the search "
+                        "the best combination's fold ensemble predicts them once")
+    p.add_argument("--test_patients", "--test-patients",
+                   help="file of held-out test patient numbers (one per line), instead of --test_fraction")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set train.stage2.lr=1e-5 (repeatable)")
     return p
@@ -146,6 +156,13 @@ def main(argv=None) -> int:
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(1)
     try:
+        if args.mode == "predict":
+            if args.data_dir is None:
+                raise ValueError("--mode predict needs --data_dir: the folder of the patients to predict")
+            from medfusion.predict import run_predict
+
+            return run_predict(Path(cfg.runtime.logs_dir) / cfg.runtime.run_name, args.data_dir, args.combination,
+                               args.out)
         from medfusion.training.devices import configure_strategy
 
         strategy = configure_strategy(cfg.runtime)
@@ -168,5 +185,6 @@ def main(argv=None) -> int:
                       _resume_command(argv))
             return 2
         log.error("error: %s", exc)
-        logging.shutdown()
+        for handler in log.handlers:  # flush, not logging.shutdown(): that closes streams others (pytest) own
+            handler.flush()
         return 2

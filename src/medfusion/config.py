@@ -21,7 +21,7 @@ from medfusion.constants import IMAGE_MODALITIES, MODALITIES, PRETRAIN_CACHE_DIR
 
 RESUME_MODES = ("auto", "fresh", "from_models", "from_predictions")
 # Keys that may differ between a run and its resumption: they do not change what is computed.
-NON_RESULT_KEYS = frozenset({"data.demo_dir", "runtime.run_name", "runtime.logs_dir", "runtime.device_mode", "runtime.gpus",
+NON_RESULT_KEYS = frozenset({"data.demo_dir", "data.labels_required", "runtime.run_name", "runtime.logs_dir", "runtime.device_mode", "runtime.gpus",
                              "runtime.cpu_replicas", "runtime.verbosity", "runtime.resume_mode",
                              "runtime.deterministic"})
 
@@ -91,6 +91,8 @@ class DataConfig:
     exclude_columns: tuple = ()  # dropped from the features (names must exist in the metadata file)
     # a frame whose header declares more pixels is skipped before decoding (100 MP: above any real camera here)
     max_frame_pixels: int = 100_000_000
+    # false only for --mode predict on new patients: a metadata file without the label column is read unlabelled
+    labels_required: bool = True
     maps: MapsConfig = field(default_factory=MapsConfig)  # 16-bit map rules and box transforms, per map modality
 
 
@@ -163,6 +165,9 @@ class SearchConfig:
     selection_fraction: float = 0.2  # share of each training fold's patients held out for selection
     folds_file: str = ""  # --folds: a fold assignment to use instead of computing one
     bootstrap_resamples: int = 2000  # patient-level bootstrap for intervals and paired comparisons
+    # held-out test patients, set aside before folding (never in a fold): a fraction, or a file of patients
+    test_fraction: float = 0.0
+    test_patients_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -445,6 +450,11 @@ def validate(cfg: Config) -> None:
     _check(s.cv_folds >= 2, "search.cv_folds", s.cv_folds, "must be >= 2")
     _check(s.selection in ("inner", "outer"), "search.selection", s.selection, "inner or outer")
     _check(0 < s.selection_fraction < 0.5, "search.selection_fraction", s.selection_fraction, "must be in (0, 0.5)")
+    _check(0 <= s.test_fraction < 0.5, "search.test_fraction", s.test_fraction, "must be in [0, 0.5)")
+    _check(not (s.test_fraction and s.test_patients_file), "search.test_fraction", s.test_fraction,
+           "use either --test_fraction or --test_patients, not both")
+    _check(not s.test_patients_file or Path(s.test_patients_file).expanduser().is_file(), "search.test_patients_file",
+           s.test_patients_file, "an existing file of patient numbers")
     _check(s.bootstrap_resamples >= 100, "search.bootstrap_resamples", s.bootstrap_resamples, "must be >= 100")
     _check(not s.folds_file or Path(s.folds_file).expanduser().is_file(), "search.folds_file", s.folds_file,
            "an existing JSON file (sample_id -> fold or patient -> fold)")

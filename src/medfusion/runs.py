@@ -203,6 +203,10 @@ class RunState:
             "files": {rel: file_record(self.run_dir / rel) for rel in files}, **extra}
         self.save()
 
+    def files(self, combination: str, fold: int) -> list[str]:
+        """The files a finished job vouches for (relative to the run folder); [] if not finished."""
+        return list((self.data["jobs"].get(self.key(combination, fold)) or {}).get("files", {}))
+
     def forget(self, combination: str, fold: int) -> None:
         self.data["jobs"].pop(self.key(combination, fold), None)
         self.save()

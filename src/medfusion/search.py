@@ -29,14 +29,15 @@ import tensorflow as tf
 from medfusion.config import Config, ConfigError, config_to_dict, config_yaml, result_differences, unfreeze_layers
 from medfusion.constants import PRETRAIN_CACHE_DIR
 from medfusion.constants import CLASSES, IMAGE_MODALITIES, MODALITIES, all_combinations, canonical_combination, image_modalities_of
-from medfusion.data.folds import (check_fold_classes, check_folds, fold_indices, make_folds, read_fold_file,
-                                  selection_split, subsample_patients)
+from medfusion.data.folds import (check_fold_classes, check_folds, fold_indices, hold_out_patients, make_folds,
+                                  read_fold_file, read_patient_file, selection_split, subsample_patients)
 from medfusion.data.manifest import Manifest
-from medfusion.models.losses import equal_alpha, focal_alpha
+from medfusion.models.losses import focal_alpha
 from medfusion.evaluation.aggregate import compare, format_summary, pooled_by_combination, results_frame, row_from_job, summarize
 from medfusion.evaluation.decisions import decide, fit_decision, fit_fusion_weight
 from medfusion.evaluation.oracle import OracleReference
 from medfusion.evaluation.visits import PROBA_COLUMNS, visit_scores
+from medfusion.bundles import bundle_dir, load_bundle, save_bundle
 from medfusion.models.fusion import fusion_layer
 from medfusion.models.metrics import score_predictions
 from medfusion.runs import (FileLog, RunState, atomic_write_csv, atomic_write_json, atomic_write_text, crash_point,
@@ -46,8 +47,6 @@ from medfusion.runs import (RunFolderError, check_run_folder, folds_problem, rea
 from medfusion.training.stages import (backbone_snapshot, predict, relative_change, run_stage,
                                        set_backbones_trainable)
 from medfusion.training.checkpoint import StageCheckpoint, load_arrays, save_arrays
-from medfusion.training.checkpoint import assign as ckpt_assign
-from medfusion.training.checkpoint import values as ckpt_values
 from medfusion.training.devices import describe
 from medfusion.training.transfer import transfer_weights
 
@@ -108,8 +107,10 @@ class Search:
         self.image_modalities = [m for m in IMAGE_MODALITIES if any(m in image_modalities_of(c) for c in self.combinations)]
         self.run_dir = Path(cfg.runtime.logs_dir) / cfg.runtime.run_name
         self.cache_dir = Path(cfg.runtime.logs_dir) / PRETRAIN_CACHE_DIR
-        self.oracle_ref = OracleReference(cfg.data.data_dir, self.run_dir,
-                                          {m for c in self.combinations for m in c.split("+")})
+        self.oracle_ref = self._oracle()
+
+    def _oracle(self) -> OracleReference:
+        return OracleReference(self.cfg.data.data_dir, self.run_dir, {m for c in self.combinations for m in c.split("+")})
 
     # ------------------------------------------------------------------ run folder and modes
     def _open_run(self) -> bool:
@@ -194,7 +195,9 @@ class Search:
             log.info("dataset: %d samples, %d visits, %d patients; classes %s", len(manifest),
                      manifest.samples["visit"].nunique(), manifest.samples["patient"].nunique(),
                      _distribution(manifest.labels))
+            manifest, self.test_manifest = self._hold_out(manifest, resuming)
             self.manifest = manifest
+            self.oracle_ref = self._oracle()  # the demo's oracle.csv exists once the data check generated it
             self.assignment = self._folds(manifest, resuming)
             for warning in check_fold_classes(manifest, self.assignment, cfg.search.cv_folds):
                 log.warning("%s", warning)
@@ -213,6 +216,48 @@ class Search:
                     self.run_fold(k)
         with FileLog(self.run_dir / "run.log"):
             return self._finish(t0)
+
+    def _hold_out(self, manifest: Manifest, resuming: bool):
+        """(cross-validation manifest, held-out test manifest or None); the test patients never enter a fold."""
+        s, path = self.cfg.search, self.run_dir / "test_patients.json"
+        if resuming and path.is_file():
+            patients = read_run_json(path)["patients"]
+        elif s.test_fraction > 0:
+            patients = hold_out_patients(manifest, s.test_fraction, s.seed)
+        elif s.test_patients_file:
+            patients = read_patient_file(s.test_patients_file, manifest)
+        else:
+            return manifest, None
+        is_test = manifest.samples["patient"].isin(set(patients)).to_numpy()
+        atomic_write_json(path, {"patients": patients, "n_samples": int(is_test.sum())})
+        log.info("held-out test: %d patients, %d samples set aside before folding (%s); predicted once, after the "
+                 "search, by the best combination's fold ensemble", len(patients), int(is_test.sum()),
+                 _distribution(manifest.labels[is_test]))
+        return manifest.subset(~is_test), manifest.subset(is_test)
+
+    def _evaluate_test(self, summary: pd.DataFrame) -> None:
+        """The chosen model (best visit QWK in cross-validation) on the held-out patients, once."""
+        from medfusion.predict import choose_combination, fold_ensemble, prediction_tables, scores
+
+        path = self.run_dir / "test_results.csv"
+        if path.is_file():
+            log.warning("held-out test (already evaluated, not repeated):\n%s", read_run_csv(path).to_string(index=False))
+            return
+        combo = choose_combination(self.run_dir)
+        proba, rule, _ = fold_ensemble(self.run_dir, self.cfg, combo, self.test_manifest, self.strategy)
+        samples, _ = prediction_tables(self.test_manifest, proba, rule)
+        atomic_write_csv(self.run_dir / "test_predictions.csv",
+                         samples.assign(y_true=self.test_manifest.labels))
+        sc = scores(self.test_manifest, proba, rule, self.cfg.search.bootstrap_resamples, self.cfg.search.seed)
+        row = {"combination": combo, "chosen_by": "visit_qwk_mean in cross-validation", "n_patients": sc["n_patients"],
+               "n_samples": sc["n_samples"], **{k: sc["view"][k] for k in ("qwk", "kappa", "accuracy", "f1_macro")},
+               **{k: v for k, v in sc["visit"].items() if k != "resamples"}}
+        atomic_write_csv(path, pd.DataFrame([row]))
+        log.warning("held-out test patients (%d patients, %d visits; never in any fold, training or selection split): "
+                    "%s visit QWK %.4f [95%% CI %.3f, %.3f], view QWK %.4f. This is the only unbiased estimate of "
+                    "the chosen model: the cross-validation table above chose it.", sc["n_patients"],
+                    row["n_val_visits"], combo, row["visit_qwk"], row["visit_qwk_ci_low"], row["visit_qwk_ci_high"],
+                    row["qwk"])
 
     def _finish(self, t0: float) -> pd.DataFrame:
         ckpts = self.run_dir / "checkpoints"
@@ -234,6 +279,8 @@ class Search:
                         "chosen on the reported folds, so these scores are optimistic (the reference study's "
                         "protocol, for comparison only)")
         log.warning("\n%s", format_summary(summary, comparisons, self.oracle_ref.summary()))
+        if getattr(self, "test_manifest", None) is not None:
+            self._evaluate_test(summary)
         log.warning("search finished in %.1f min; results in %s", (time.time() - t0) / 60, self.run_dir)
         from medfusion.review import run_review
 
@@ -343,10 +390,11 @@ class Search:
                     job["pretrain"][m] = {**result.to_dict(), "cache_key": key, "reused": reused}
                     log.info("  pre-trained %s: %s cache entry %s", m, "reused" if reused else "trained this run", key)
                 model, proba_sel, proba = self.train_combination(combo, k, sp, p_meta, pretrained, seed, job)
-                weights = f"models/{combo}/fold_{k}.npz"
-                save_arrays(self.run_dir / weights, {"model": ckpt_values(model.variables)})
-                files.append(weights)
             job["decision"] = fit_decision(cfg.train.decision, proba_sel, manifest.labels[sp.sel])
+            files += save_bundle(self.run_dir, combo, k, cfg, model=None if combo == "metadata" else model,
+                                 forest_file=self.forest_pipeline_path(k) if "metadata" in combo.split("+") else None,
+                                 decision=job["decision"], fusion_rf_weight=job.get("fusion_rf_weight"),
+                                 selection=cfg.search.selection)
             if job["decision"]["kind"] != "argmax":
                 log.info("  decision rule fit on the selection split: thresholds %s on the expected class index "
                          "(selection QWK %.4f)", job["decision"]["thresholds"], job["decision"]["selection_qwk"])
@@ -375,7 +423,7 @@ class Search:
                 groups = read_run_arrays(path, load_arrays)
             except RunFolderError as exc:
                 log.warning("%s; the forest is recomputed (it is deterministic)", str(exc).split(". To continue")[0])
-        if groups is not None and {"train", "val", "per_visit"} <= set(groups):
+        if groups is not None and {"train", "val", "per_visit"} <= set(groups) and self.forest_pipeline_path(k).is_file():
             if groups["train"][0].shape[0] == len(tr) and groups["val"][0].shape[0] == len(va):
                 log.info("fold %d metadata forest: probabilities reused from %s", k, path)
                 out[tr], out[va] = groups["train"][0], groups["val"][0]
@@ -387,17 +435,31 @@ class Search:
         visit = samples["visit"].to_numpy()
         first_tr = pd.Series(tr).groupby(visit[tr], sort=True).first().to_numpy()
         first_va = pd.Series(va).groupby(visit[va], sort=True).first().to_numpy()
-        p_vis_tr, p_vis_va = MetadataForest(self.cfg.forest, seed).fit_predict(
+        forest = MetadataForest(self.cfg.forest, seed)
+        p_vis_tr, p_vis_va = forest.fit_predict(
             samples.iloc[first_tr][features].reset_index(drop=True), self.manifest.labels[first_tr],
             self.manifest.patients[first_tr], samples.iloc[first_va][features].reset_index(drop=True))
         by_visit = {**dict(zip(visit[first_tr], p_vis_tr)), **dict(zip(visit[first_va], p_vis_va))}
         out[tr] = np.stack([by_visit[v] for v in visit[tr]])
         out[va] = np.stack([by_visit[v] for v in visit[va]])
         save_arrays(path, {"train": [out[tr]], "val": [out[va]], "per_visit": [np.ones(1)]})
+        self._save_pipeline(forest.pipeline_, self.forest_pipeline_path(k))
         log.info("fold %d metadata forest: fit on %d training visits (one row per visit, %d views), %d features, "
                  "inner out-of-fold probabilities for training visits, %.1fs", k, len(first_tr), len(tr),
                  len(features), time.time() - t)
         return out
+
+    def forest_pipeline_path(self, k: int) -> Path:
+        return self.run_dir / "forest" / f"fold_{k}.joblib"
+
+    @staticmethod
+    def _save_pipeline(pipeline, path: Path) -> None:
+        """The fitted preprocessing + forest, for bundles and --mode predict (written atomically)."""
+        import joblib
+
+        tmp = path.with_name(f".{path.name}.tmp")
+        joblib.dump(pipeline, tmp)
+        tmp.replace(path)
 
     def pretrain_key(self, modality, tr, va, seed) -> str:
         """Hash of everything that determines a pre-training's result."""
@@ -478,9 +540,9 @@ class Search:
         alpha = focal_alpha(y[sp.fit], 3, cfg.train.max_alpha_ratio)
         job["alpha"] = [float(a) for a in alpha]
         fusion = fusion_layer(model)
+        # the weight trains with the heads (it lets the image head learn as a classifier of its own), but its
+        # final value is fit afterwards on the selection split, where neither branch was fit
         honest_weight = fusion is not None and cfg.search.selection == "inner"
-        if honest_weight:  # set afterwards on the selection split, where neither branch was fit
-            fusion.trainable = False
         set_backbones_trainable(model, False)
         s1_ckpt = StageCheckpoint(ckpt_dir / "stage1")
         s1 = run_stage("stage1", model, self.strategy, train, sel, cfg.train.stage1, alpha, cfg.train.focal_gamma,
@@ -534,43 +596,39 @@ class Search:
             image_model = keras.Model({m: model.input[m] for m in mods}, model.get_layer("image_classifier").output)
         p_img = predict(image_model, {m: x[m] for m in mods}, batch, self.strategy.num_replicas_in_sync)
         fusion = fusion_layer(model)
-        fit = fit_fusion_weight(x["metadata"], p_img, y, fusion.rf_weight())
+        fit = fit_fusion_weight(x["metadata"], p_img, y, self.cfg.model.fusion_init_rf_weight)
+        fit["trained"] = fusion.rf_weight()
         fusion.set_rf_weight(fit["weight"])
         log.info("  fusion weight fit on the selection split (%d samples; neither branch was fit on them): forest "
-                 "weight %.3f -> %.3f, selection log loss %.4f", fit["n"], fit["init"], fit["weight"], fit["log_loss"])
-        return {"start": fit["init"], "end": fusion.rf_weight(), "method": "selection_log_loss",
-                "selection_log_loss": fit["log_loss"], "n_selection": fit["n"]}
+                 "weight %.3f after training -> %.3f, selection log loss %.4f", fit["n"], fit["trained"], fit["weight"],
+                 fit["log_loss"])
+        return {"start": fit["init"], "trained": fit["trained"], "end": fusion.rf_weight(),
+                "method": "selection_log_loss", "selection_log_loss": fit["log_loss"], "n_selection": fit["n"]}
 
     def predict_fold(self, k: int) -> None:
-        """--resume_mode from_models: new predictions from each finished job's saved weights."""
-        from medfusion.models.fusion import build_fusion_model
-
+        """--resume_mode from_models: new predictions from each finished job's bundle, without training."""
         cfg = self.cfg
         tr, va = fold_indices(self.manifest, self.assignment, k)
         for combo in self.combinations:
             job_path = self.run_dir / "jobs" / combo / f"fold_{k}.json"
-            why = self.state.problem(combo, k, only=("models/", "forest/"))
+            why = self.state.problem(combo, k, only=("bundles/", "forest/"))
             if why is not None or not job_path.is_file():
                 log.warning("fold %d job %s: %s; nothing to recompute from (continue the run with "
                             "--resume_mode auto)", k, combo, why or "no job record")
                 continue
             job = read_run_json(job_path)
+            bundle = load_bundle(bundle_dir(self.run_dir, combo, k), cfg)
             has_meta = "metadata" in combo.split("+")
             p_va = read_run_arrays(self.run_dir / "forest" / f"fold_{k}.npz", load_arrays)["val"][0] if has_meta else None
-            files = []
             if combo == "metadata":
                 proba = p_va
             else:
-                with self.strategy.scope():
-                    model = build_fusion_model(combo, cfg.model, cfg.data.image_size)
-                weights = f"models/{combo}/fold_{k}.npz"
-                ckpt_assign(model.variables, read_run_arrays(self.run_dir / weights, load_arrays)["model"], weights)
-                proba = predict(model, _inputs(self.crops, va, image_modalities_of(combo), p_va),
+                proba = predict(bundle.model, _inputs(self.crops, va, image_modalities_of(combo), p_va),
                                 max(cfg.train.batch_size, 32), self.strategy.num_replicas_in_sync)
-                files.append(weights)
+            files = [f for f in self.state.files(combo, k) if f.startswith(("bundles/", "forest/"))]
             files += self._record(combo, k, va, proba, job)
             self.state.mark_done(combo, k, files)
-            log.info("fold %d job %s: predictions recomputed from saved weights, QWK %.4f", k, combo,
+            log.info("fold %d job %s: predictions recomputed from its bundle, QWK %.4f", k, combo,
                      job["metrics"]["qwk"])
 
     def rescore_from_predictions(self) -> None:

@@ -230,3 +230,41 @@ def read_fold_file(path, manifest: Manifest, n_folds: int) -> dict[str, int]:
     except RuntimeError as exc:
         raise ValueError(f"--folds file {str(path)!r}: {exc}; a patient's samples must share one fold") from None
     return assignment
+
+
+def hold_out_patients(manifest: Manifest, fraction: float, seed: int) -> list:
+    """Test patients set aside before any fold: `fraction` of the patients, stratified by patient label."""
+    plab = patient_labels(manifest)
+    n_test = int(round(len(plab) * fraction))
+    if n_test < 1 or len(plab) - n_test < 2:
+        raise ValueError(f"--test_fraction {fraction:g} of {len(plab)} patients leaves {n_test} test and "
+                         f"{len(plab) - n_test} cross-validation patients; choose a fraction that keeps at least one "
+                         "test patient and enough patients for the folds")
+    counts = plab.value_counts()
+    stratify = plab.to_numpy() if counts.min() >= 2 and n_test >= len(counts) else None
+    _, test = train_test_split(plab.index.to_numpy(), test_size=n_test, stratify=stratify, random_state=seed)
+    return sorted(int(p) for p in test)
+
+
+def read_patient_file(path, manifest: Manifest) -> list:
+    """--test_patients FILE: one patient number per line (or a JSON list); every one must be in the dataset."""
+    import json
+    from pathlib import Path
+
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"--test_patients file {str(path)!r} cannot be read ({exc.strerror or exc})") from None
+    try:
+        raw = json.loads(text) if text.lstrip().startswith("[") else [t for t in text.replace(",", " ").split()]
+        patients = sorted({int(str(p).strip().lstrip("Pp") or 0) for p in raw})
+    except ValueError:
+        raise ValueError(f"--test_patients file {str(path)!r} must list patient numbers (one per line, e.g. 12 or "
+                         "P012, or a JSON list)") from None
+    known = set(int(p) for p in manifest.patients)
+    unknown = [p for p in patients if p not in known]
+    if unknown or not patients:
+        raise ValueError(f"--test_patients file {str(path)!r}: " + (f"patient {unknown[0]} ({len(unknown)} in all) is "
+                         "not in the dataset" if unknown else "lists no patient"))
+    return patients

@@ -186,15 +186,20 @@ def _drop_duplicate_visits(df: pd.DataFrame, path: Path, log: logging.Logger, re
 
 def read_metadata(path: Path, data_cfg: DataConfig, log: logging.Logger, report: dict):
     label_column = data_cfg.label_column
-    table = read_table(path, "metadata", list(KEY_COLUMNS) + [label_column], log)
+    required = list(KEY_COLUMNS) + ([label_column] if data_cfg.labels_required else [])
+    table = read_table(path, "metadata", required, log)
     df = table.frame
+    unlabelled = label_column not in df.columns  # only possible with labels_required false (--mode predict)
+    report["unlabelled"] = unlabelled
+    if unlabelled:
+        log.info("%s has no %r column: predicting without labels (no metrics)", path.name, label_column)
     report["metadata_separator"] = table.separator
     report["metadata_short_rows"] = table.short_rows
     if not len(df):
         raise ValueError(f"metadata file {str(path)!r} has a header but no rows; it needs one row per wound visit")
     for c in KEY_COLUMNS:
         df[c] = _int_column(df, c, path)
-    df["__label"] = _parse_labels(df, label_column, path, log, report)
+    df["__label"] = -1 if unlabelled else _parse_labels(df, label_column, path, log, report)
 
     df = _drop_duplicate_visits(df, path, log, report)
     features = _select_features(df, path, data_cfg, log, report)
@@ -202,5 +207,6 @@ def read_metadata(path: Path, data_cfg: DataConfig, log: logging.Logger, report:
     if no_value:
         features = [c for c in features if c not in no_value]
         report["empty_columns_dropped"] = report["empty_columns_dropped"] + no_value
-    check_label_leaks(df, features, df["__label"].to_numpy(), label_column, path)
+    if not unlabelled:
+        check_label_leaks(df, features, df["__label"].to_numpy(), label_column, path)
     return df, features

@@ -6,7 +6,6 @@ of a visit carries the same metadata row and label).
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
 from medfusion.constants import CLASSES
