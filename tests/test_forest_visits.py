@@ -6,6 +6,7 @@ import pandas as pd
 from medfusion.config import load_config
 from medfusion.data.manifest import Manifest
 from medfusion.models import random_forest
+from medfusion.jobs import forest_job
 from medfusion.search import Search
 from tests.harness import ROOT
 
@@ -37,7 +38,7 @@ def test_forest_is_fit_on_one_row_per_training_visit(tmp_path, monkeypatch):
     search.manifest = m = _manifest()
     s = m.samples
     tr, va = np.flatnonzero(s["patient"] >= 4), np.flatnonzero(s["patient"] < 4)
-    proba = search.forest(0, tr, va, seed=1)
+    proba = forest_job(search, 0, tr, va, seed=1)
     n_train_visits = s.iloc[tr]["visit"].nunique()
     assert len(seen["train"]) == n_train_visits < len(tr)  # duplicates gone: one row per visit
     assert len(seen["val"]) == s.iloc[va]["visit"].nunique()

@@ -77,7 +77,7 @@ class DataConfig:
     demo: bool = False  # generate the embedded demo dataset when data_dir is demo_dir and holds no dataset
     demo_dir: str = "data/demo"  # the only folder the demo is ever generated into
     demo_seed: int = 7
-    demo_patients: int = 80
+    demo_patients: int = 120
     metadata_csv: str = "metadata.csv"
     depth_boxes_csv: str = "bounding_boxes_depth.csv"
     thermal_boxes_csv: str = "bounding_boxes_thermal.csv"

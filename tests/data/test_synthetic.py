@@ -14,9 +14,9 @@ from medfusion.data.synthetic import ORACLE_MODALITIES, ensure_demo, generate_de
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    """The default demo (80 patients, seed 7): about 30 s to generate, so its tests are marked slow."""
+    """The default demo (120 patients, seed 7): about 30 s to generate, so its tests are marked slow."""
     t = time.time()
-    root = generate_demo(tmp_path_factory.mktemp("demo") / "demo", seed=7, n_patients=80)
+    root = generate_demo(tmp_path_factory.mktemp("demo") / "demo", seed=7, n_patients=120)
     return root, time.time() - t
 
 

@@ -509,7 +509,7 @@ def _write_oracle(root: Path, latents: dict) -> pd.DataFrame:
     return out
 
 
-def generate_demo(out_dir, seed: int = 7, n_patients: int = 80, log: logging.Logger | None = None) -> Path:
+def generate_demo(out_dir, seed: int = 7, n_patients: int = 120, log: logging.Logger | None = None) -> Path:
     """Write the demo dataset (DATA_FORMAT.md layout + oracle.csv) into out_dir, atomically.
 
     Generates into a temporary folder next to out_dir and renames it, so an interrupted run never
@@ -538,7 +538,7 @@ def generate_demo(out_dir, seed: int = 7, n_patients: int = 80, log: logging.Log
     return out
 
 
-def ensure_demo(out_dir, seed: int = 7, n_patients: int = 80, log: logging.Logger | None = None) -> Path:
+def ensure_demo(out_dir, seed: int = 7, n_patients: int = 120, log: logging.Logger | None = None) -> Path:
     """Generate the demo into out_dir only when out_dir/metadata.csv is missing; never overwrites."""
     log = log or logging.getLogger("medfusion.data.synthetic")
     out = Path(out_dir)
