@@ -16,7 +16,8 @@ from typing import Any, Optional
 import yaml
 
 from medfusion.yamlio import load_yaml
-from medfusion.constants import IMAGE_MODALITIES, MODALITIES, PRETRAIN_CACHE_DIR, canonical_combination
+from medfusion.constants import (DEFAULT_LABEL_COLUMN, IMAGE_MODALITIES, LEAKY_COLUMNS, MODALITIES, PRETRAIN_CACHE_DIR,
+                                 canonical_combination)
 
 
 RESUME_MODES = ("auto", "fresh", "from_models", "from_predictions")
@@ -82,7 +83,7 @@ class DataConfig:
     depth_boxes_csv: str = "bounding_boxes_depth.csv"
     thermal_boxes_csv: str = "bounding_boxes_thermal.csv"
     folders: dict = field(default_factory=lambda: {m: m for m in IMAGE_MODALITIES})
-    label_column: str = "Healing Phase Abs"
+    label_column: str = DEFAULT_LABEL_COLUMN
     image_size: int = 64
     box_margin: float = 0.15  # fraction of the box size added on each side before cropping
     # metadata features: empty = every eligible column (not an identifier, free text or label-derived);
@@ -352,8 +353,6 @@ def _check(cond: bool, key: str, value: Any, want: str) -> None:
 # against the live registry (importing it loads TensorFlow, so the common case avoids that);
 # tests/test_config.py keeps the two in step.
 BUILTIN_BACKBONES = ("efficientnet_b3", "efficientnet_b0", "tiny")
-# Never features: derived from the label (the configured label column is refused as well).
-LABEL_LEAKING_COLUMNS = ("Healing Phase", "Phase Confidence (%)")
 
 
 def _check_backbone(name: str) -> None:
@@ -393,7 +392,7 @@ def validate(cfg: Config) -> None:
         _check(isinstance(folder, str) and bool(folder.strip()), f"data.folders.{mod}", folder, "a folder name")
     _check_names(d.feature_columns, "data.feature_columns")
     _check_names(d.exclude_columns, "data.exclude_columns")
-    leaky = set(LABEL_LEAKING_COLUMNS) | {d.label_column}
+    leaky = set(LEAKY_COLUMNS) | {d.label_column}
     for c in d.feature_columns:
         if c.strip() in leaky:
             raise ConfigError(

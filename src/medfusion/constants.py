@@ -1,4 +1,7 @@
-"""Names shared by every module: classes, modalities and canonical combination names."""
+"""Names shared by every module: classes, modalities, label columns and canonical combination names.
+
+Each shared constant is defined here once; other modules import (and may re-export) it.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,12 @@ IMAGE_MODALITIES = ("depth_rgb", "depth_map", "thermal_rgb", "thermal_map")
 MODALITIES = ("metadata",) + IMAGE_MODALITIES  # the fixed order used in combination names
 PRETRAIN_CACHE_DIR = ".pretrain_cache"  # under runtime.logs_dir; shared by every run
 CAMERA_OF = {"depth_rgb": "D", "depth_map": "D", "thermal_rgb": "T", "thermal_map": "T"}
+
+DEFAULT_LABEL_COLUMN = "Healing Phase Abs"  # data.label_column's default (config.DataConfig)
+# Derived from the label, so never features (config, metadata loader); the configured label column is refused too.
+LEAKY_COLUMNS = ("Healing Phase", "Phase Confidence (%)")
+# What the forest refuses in its input frame: the label-derived columns and the default label column itself.
+FOREST_LEAKY_COLUMNS = (*LEAKY_COLUMNS, DEFAULT_LABEL_COLUMN)
 
 
 def canonical_combination(modalities) -> str:

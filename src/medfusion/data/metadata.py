@@ -12,13 +12,11 @@ import numpy as np
 import pandas as pd
 
 from medfusion.config import DataConfig
-from medfusion.constants import CLASSES
+from medfusion.constants import CLASSES, DEFAULT_LABEL_COLUMN, LEAKY_COLUMNS
 from medfusion.data.features import check_label_leaks, type_columns
 from medfusion.data.names import N_EXAMPLES
 from medfusion.data.tables import read_table
 
-LEAKY_COLUMNS = ("Healing Phase", "Phase Confidence (%)")
-DEFAULT_LABEL_COLUMN = "Healing Phase Abs"
 NON_FEATURE_COLUMNS = (
     "ID",
     "Patient#",
