@@ -1,5 +1,8 @@
 """Plots under logs/<run>/plots/ and the one-page logs/<run>/report.md.
 
+Reads the run through :mod:`medfusion.records` (never through review.py, which calls
+:func:`write_report`), so the two modules do not import each other.
+
 - ``summary_qwk.png``: QWK mean +- sample std per combination, with each fold's score.
 - ``confusion.png``: confusion matrix per combination, summed over folds (from the
   validation predictions: y_true and the argmax of p_I, p_P, p_R).
@@ -23,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from medfusion.constants import CLASSES
+from medfusion.records import SEVERITIES, format_stage, summary_from_jobs
 from medfusion.runs import atomic_write_bytes, atomic_write_text
 
 PLOTS_DIR = "plots"
@@ -61,8 +65,7 @@ def _qwk(job) -> float:
 
 
 def _summary(run) -> pd.DataFrame:
-    from medfusion.review import summary_from_jobs
-
+    """summary.csv when it has the QWK columns, else recomputed from the job records."""
     s = run.summary
     if s is not None and {"combination", "qwk_mean", "qwk_std"} <= set(s.columns) and len(s):
         return s
@@ -321,7 +324,6 @@ def write_plots(run, log: logging.Logger) -> tuple[list[tuple[str, str]], list[s
 
 def render_markdown(run, findings, figures, plots, failed) -> str:
     from medfusion.evaluation.late_fusion import is_late_fusion
-    from medfusion.review import SEVERITIES, format_stage
 
     name = Path(run.run_dir).name
     cfg = run.config or {}
