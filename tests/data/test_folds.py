@@ -31,6 +31,40 @@ def test_folds_never_share_a_patient_and_are_stratified():
         assert np.abs(dist - overall).max() < 0.15, (k, dist, overall)
 
 
+def _blocked_manifest(counts=(10, 15, 5), visits=4):
+    """Patients of one class each, in class blocks (I first, then P, then R), `visits` samples each."""
+    rows, p = [], 0
+    for label, n in enumerate(counts):
+        for _ in range(n):
+            rows += [{"sample_id": f"s{p}_{v}", "patient": p, "visit": f"P{p:03d}{v:02d}1", "label": label}
+                     for v in range(visits)]
+            p += 1
+    return Manifest(pd.DataFrame(rows), [])
+
+
+def _class_patients_per_fold(m, assignment, n_folds):
+    s = m.samples.assign(fold=m.samples["sample_id"].map(assignment))
+    per_patient = s.groupby("patient").agg(fold=("fold", "first"), label=("label", "first"))
+    return np.array([np.bincount(per_patient.label[per_patient.fold == k], minlength=3) for k in range(n_folds)])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_folds_are_stratified_exactly_where_the_classes_allow_it(seed):
+    """30 one-class patients (10 I, 15 P, 5 R) in 5 folds: stratified, every fold holds 2 I, 3 P and 1 R patients.
+
+    A split that ignores the labels would not: a contiguous patient split puts all I patients in folds 0-1, and a
+    random one almost never (p < 0.01) lands on 2/3/1 in every fold.
+    """
+    m = _blocked_manifest()
+    counts = _class_patients_per_fold(m, make_folds(m, 5, seed=seed), 5)
+    np.testing.assert_array_equal(counts, np.tile([2, 3, 1], (5, 1)))
+    # the same check fails for a split that does not stratify
+    order = sorted(m.samples["patient"].unique())
+    contiguous = {sid: order.index(p) * 5 // len(order)
+                  for sid, p in zip(m.samples["sample_id"], m.samples["patient"])}
+    assert not np.array_equal(_class_patients_per_fold(m, contiguous, 5), np.tile([2, 3, 1], (5, 1)))
+
+
 def test_folds_are_deterministic_from_the_seed():
     m = _manifest()
     assert make_folds(m, 3, seed=5) == make_folds(m, 3, seed=5)
