@@ -1,7 +1,12 @@
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder
 
 from medfusion.config import ForestConfig
 from medfusion.models.random_forest import LEAKY_COLUMNS, MetadataForest
@@ -29,6 +34,47 @@ def test_shapes_and_rows_sum_to_one():
     assert oof.shape == (60, 3) and val.shape == (30, 3)
     np.testing.assert_allclose(oof.sum(1), 1.0)
     np.testing.assert_allclose(val.sum(1), 1.0)
+
+
+def _reference_pipeline(cfg, seed):
+    """The documented preprocessing + forest, written out here with sklearn alone, on pre-normalised text
+    (strip + lower-case; missing stays missing): median imputation with a missing-indicator for numbers, constant
+    'missing' + one-hot for text, then RandomForestClassifier with the config's settings."""
+    pre = ColumnTransformer([
+        ("num", SimpleImputer(strategy="median", add_indicator=True), ["Age", "Wound Area"]),
+        ("cat", Pipeline([("impute", SimpleImputer(strategy="constant", fill_value="missing")),
+                          ("onehot", OneHotEncoder(handle_unknown="ignore"))]), ["Location", "Smoker"]),
+    ], remainder="drop", sparse_threshold=0.0)
+    rf = RandomForestClassifier(n_estimators=cfg.n_estimators, max_depth=cfg.max_depth,
+                                min_samples_leaf=cfg.min_samples_leaf, class_weight=cfg.class_weight,
+                                random_state=seed, n_jobs=1)
+    return Pipeline([("pre", pre), ("rf", rf)])
+
+
+def _normalised(df):
+    out = df.copy()
+    for c in ("Location", "Smoker"):
+        out[c] = out[c].str.strip().str.lower().astype(object)
+        out[c] = out[c].where(out[c].notna(), np.nan)
+    return out
+
+
+def test_probabilities_match_an_independent_sklearn_pipeline_and_cross_val_predict():
+    df, y, pat = _clinical(seed=4)
+    train, val = df.iloc[:60], df.iloc[60:]
+    seed = 7
+    oof, val_proba = MetadataForest(CFG, seed=seed).fit_predict(train, y[:60], pat[:60], val)
+
+    ref = _reference_pipeline(CFG, seed).fit(_normalised(train), y[:60])
+    assert list(ref.classes_) == [0, 1, 2]
+    np.testing.assert_allclose(val_proba, ref.predict_proba(_normalised(val)), rtol=0, atol=1e-12)
+
+    cv = StratifiedGroupKFold(n_splits=CFG.inner_folds, shuffle=True, random_state=seed)
+    ref_oof = cross_val_predict(_reference_pipeline(CFG, seed), _normalised(train), y[:60], groups=pat[:60], cv=cv,
+                                method="predict_proba")
+    np.testing.assert_allclose(oof, ref_oof, rtol=0, atol=1e-12)
+    # not trivially equal: out-of-fold and in-sample probabilities of the training rows differ
+    assert np.abs(oof - ref.predict_proba(_normalised(train))).max() > 0.1
 
 
 def test_three_columns_even_when_a_class_is_absent():
