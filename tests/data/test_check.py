@@ -44,26 +44,107 @@ def _write_meta(root, df):
     df.to_csv(root / "metadata.csv", index=False, encoding="utf-8-sig")
 
 
+# generate_demo(seed=3, n_patients=24), counted once without the loader (test_demo_counts_agree_with_an_independent_
+# recount below does it again: metadata.csv and the box CSVs with pandas, the depth maps with OpenCV)
+DEMO_SAMPLES, DEMO_VISITS, DEMO_PATIENTS = 103, 78, 24
+DEMO_SAMPLE_CLASSES = {"I": 35, "P": 59, "R": 9}
+DEMO_VISIT_CLASSES = {"I": 26, "P": 46, "R": 6}
+DEMO_METADATA_ROWS, DEMO_DUPLICATE_KEYS = 82, 2  # 82 rows, 80 distinct visit keys
+DEMO_DEPTH_FILES, DEMO_THERMAL_FILES, DEMO_DEPTH_BOX_ROWS, DEMO_THERMAL_BOX_ROWS = 92, 88, 105, 98
+DEMO_SKIPPED = {"no_box": "93_P050001BDMW.png", "map_box_no_data": "502_P012001ADLW.png",
+                "no_thermal_frame": "833_P012012BDMZ.png"}
+
+
+def _independent_counts(root):
+    """Samples, visits, patients and class counts of a DFU-layout folder, read without medfusion.
+
+    A sample is a depth box row whose visit (Patient#, Appt#, DFU# parsed from the file name) has a metadata row
+    (first of duplicates), whose visit has at least one thermal frame with a box and both thermal files (the
+    relaxed matching rules end at "any frame of the visit"), and whose depth-map box holds data (not all 0).
+    """
+    import re
+
+    import cv2
+
+    meta = pd.read_csv(root / "metadata.csv", encoding="utf-8-sig")
+    keys = list(zip(meta["Patient#"].astype(int), meta["Appt#"].astype(int), meta["DFU#"].astype(int)))
+    label = {}
+    for k, lab in zip(keys, meta["Healing Phase Abs"].str.strip()):
+        label.setdefault(k, lab)
+
+    def key(name):
+        m = re.match(r"\d+_P(\d{3})(\d{2})(\d)", name)
+        return int(m[1]), int(m[2]), int(m[3])
+
+    depth, thermal = pd.read_csv(root / "bounding_boxes_depth.csv"), pd.read_csv(root / "bounding_boxes_thermal.csv")
+    thermal_visits = {key(f) for f in thermal.Filename
+                      if (root / "thermal_map" / f).is_file() and (root / "thermal_rgb" / f).is_file()}
+
+    def usable(r):
+        k = key(r.Filename)
+        if k not in label or k not in thermal_visits or not (root / "depth_rgb" / r.Filename).is_file():
+            return False
+        img = cv2.imread(str(root / "depth_map" / r.Filename), cv2.IMREAD_UNCHANGED)
+        return img is not None and bool((img[r.Ymin:r.Ymax, r.Xmin:r.Xmax] != 0).any())
+
+    ok = depth[depth.apply(usable, axis=1)]
+    visits = {key(f) for f in ok.Filename}
+    return {"samples": len(ok), "visits": len(visits), "patients": len({v[0] for v in visits}),
+            "sample_classes": pd.Series([label[key(f)] for f in ok.Filename]).value_counts().to_dict(),
+            "visit_classes": pd.Series([label[v] for v in visits]).value_counts().to_dict(),
+            "metadata_rows": len(meta), "duplicate_keys": len(keys) - len(set(keys)),
+            "depth_files": len(list((root / "depth_rgb").glob("*.png"))),
+            "thermal_files": len(list((root / "thermal_rgb").glob("*.png"))),
+            "depth_box_rows": len(depth), "thermal_box_rows": len(thermal)}
+
+
+def test_demo_counts_agree_with_an_independent_recount(demo):
+    assert _independent_counts(demo) == {
+        "samples": DEMO_SAMPLES, "visits": DEMO_VISITS, "patients": DEMO_PATIENTS,
+        "sample_classes": DEMO_SAMPLE_CLASSES, "visit_classes": DEMO_VISIT_CLASSES,
+        "metadata_rows": DEMO_METADATA_ROWS, "duplicate_keys": DEMO_DUPLICATE_KEYS,
+        "depth_files": DEMO_DEPTH_FILES, "thermal_files": DEMO_THERMAL_FILES,
+        "depth_box_rows": DEMO_DEPTH_BOX_ROWS, "thermal_box_rows": DEMO_THERMAL_BOX_ROWS}
+
+
 def test_demo_is_usable_and_the_summary_says_what_a_user_needs(demo, caplog):
     rc, text = _run(_cfg(demo), caplog)
     assert rc == 0, text
     check = check_dataset(_cfg(demo), LOG)
     assert isinstance(check, DatasetCheck) and check.ok and check.problems == [] and check.manifest is not None
     m = check.manifest
-    n_vis, n_pat = m.samples.visit.nunique(), m.samples.patient.nunique()
-    assert f"{len(m)} samples, {n_vis} visits, {n_pat} patients" in text
-    for line in ("classes per sample:", "classes per visit:", "classes per patient:",
-                 "samples by view-matching rule: exact", "relax_debridement", "depth frames skipped:",
-                 "thermal frames unusable:", "unreadable image files: 0", "missing values (",
-                 "depth_rgb    ", "frames 1280-1280 x 720-720 px", "thermal_map  ", "1080-1080 x 1440-1440 px",
-                 "folds (--cv_folds 3", "fold 2: train", "full decode of every referenced image file: 0 failed",
-                 "result: usable"):
+    assert (len(m), m.samples.visit.nunique(), m.samples.patient.nunique()) == (DEMO_SAMPLES, DEMO_VISITS,
+                                                                               DEMO_PATIENTS)
+    assert f"{DEMO_SAMPLES} samples, {DEMO_VISITS} visits, {DEMO_PATIENTS} patients" in text
+    pct = lambda c, n: ", ".join(f"{k} {v} ({100 * v / n:.1f}%)" for k, v in c.items())  # noqa: E731
+    assert f"classes per sample:  {pct(DEMO_SAMPLE_CLASSES, DEMO_SAMPLES)}" in text
+    assert f"classes per visit:   {pct(DEMO_VISIT_CLASSES, DEMO_VISITS)}" in text
+    assert f"from {DEMO_METADATA_ROWS - DEMO_DUPLICATE_KEYS} metadata rows, {DEMO_DEPTH_FILES} depth and " \
+           f"{DEMO_THERMAL_FILES} thermal frames" in text
+    assert f"depth box rows: {DEMO_DEPTH_BOX_ROWS} rows" in text and f"thermal box rows: {DEMO_THERMAL_BOX_ROWS} rows" in text
+    assert f"{DEMO_DUPLICATE_KEYS} duplicated visit rows dropped" in text
+    assert f"depth frames skipped: {len(DEMO_SKIPPED)}" in text
+    for reason, first in DEMO_SKIPPED.items():  # skipped frames by reason, with their first names
+        assert f"{reason} 1: {first}" in text
+    for line in ("samples by view-matching rule: exact", "relax_debridement", "thermal frames unusable: 0",
+                 "unreadable image files: 0", "missing values (", "depth_rgb    ", "frames 1280-1280 x 720-720 px",
+                 "thermal_map  ", "1080-1080 x 1440-1440 px", "folds (--cv_folds 3", "fold 2: train",
+                 "full decode of every referenced image file: 0 failed", "result: usable"):
         assert line in text, line
-    for reason, e in m.report["skipped"].items():  # skipped frames by reason, with their first names
-        assert f"{reason} {e['count']}: {e['examples'][0]}" in text
-    assert "Odor" in text and "%)" in text  # the most-missing demo column, with its percentage
+    # the fold lines add up to the dataset: every patient and sample in exactly one validation part
+    import re
+    folds = re.findall(r"fold \d: train (\d+) patients \(I (\d+), P (\d+), R (\d+)\); validation (\d+) patients "
+                       r"\(I (\d+), P (\d+), R (\d+)\)", text)
+    assert len(folds) == 3
+    assert sum(int(f[4]) for f in folds) == DEMO_PATIENTS
+    for j, c in enumerate("IPR"):
+        assert sum(int(f[5 + j]) for f in folds) == DEMO_SAMPLE_CLASSES[c]
+        assert all(int(f[1 + j]) + int(f[5 + j]) == DEMO_SAMPLE_CLASSES[c] for f in folds)
+    assert all(int(f[0]) + int(f[4]) == DEMO_PATIENTS for f in folds)
+    assert "Odor 53 (68%)" in text  # the most-missing demo column (53 of 78 visits), with its percentage
     short = check.summary(short=True)
-    assert short.splitlines()[0].startswith(f"dataset {demo}: {len(m)} samples, {n_vis} visits, {n_pat} patients")
+    assert short.splitlines()[0].startswith(
+        f"dataset {demo}: {DEMO_SAMPLES} samples, {DEMO_VISITS} visits, {DEMO_PATIENTS} patients")
     assert "PROBLEM" not in short and len(short.splitlines()) == 1 + len(check.warnings)
     assert check.assignment is not None and set(check.assignment.values()) == {0, 1, 2}
 
