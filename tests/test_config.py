@@ -1,7 +1,9 @@
+from pathlib import Path
+
 import pytest
 import yaml
 
-from medfusion.cli import build_parser, resolve_config
+from medfusion.cli import FLAG_KEYS, build_parser, resolve_config
 from medfusion.config import ConfigError, load_config, parse_set, unfreeze_layers
 from medfusion.constants import all_combinations, canonical_combination
 
@@ -53,21 +55,97 @@ def test_parse_set_types():
         parse_set("no_equals_sign")
 
 
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = str(ROOT / "configs" / "demo.yaml")
+DEFAULT = str(ROOT / "configs" / "default.yaml")
+
+
 def test_cli_flags_and_spellings(tmp_path):
-    args = build_parser().parse_args(["--config", "configs/demo.yaml", "--cv-folds", "4", "--data_percentage", "50",
+    args = build_parser().parse_args(["--config", DEMO, "--cv-folds", "4", "--data_percentage", "50",
                                       "--modalities", "metadata,depth_rgb", "--set", "train.stage1.epochs=3",
                                       "--run_name", "x"])
     cfg = resolve_config(args)
     assert cfg.search.cv_folds == 4 and cfg.search.data_percentage == 50.0
     assert cfg.search.modalities == ("metadata", "depth_rgb")
     assert cfg.train.stage1.epochs == 3 and cfg.runtime.run_name == "x"
-    args = build_parser().parse_args(["--config", "configs/demo.yaml", "--cv_folds", "2"])
+    args = build_parser().parse_args(["--config", DEMO, "--cv_folds", "2"])
     assert resolve_config(args).search.cv_folds == 2
 
 
+def _flag_cases(tmp_path):
+    """flag -> (config key, value on the command line or None for a switch, expected config value); written out
+    here, not derived from cli.FLAG_KEYS, so a flag wired to the wrong key fails."""
+    folds = tmp_path / "folds.json"
+    folds.write_text("{}")
+    patients = tmp_path / "test_patients.txt"
+    patients.write_text("3\n")
+    return {
+        "data_dir": ("data.data_dir", str(tmp_path / "data"), str(tmp_path / "data")),
+        "cv_folds": ("search.cv_folds", "4", 4),
+        "data_percentage": ("search.data_percentage", "50", 50.0),
+        "modalities": ("search.modalities", "metadata,thermal_map", ("metadata", "thermal_map")),
+        "combinations": ("search.combinations", "metadata+depth_rgb,depth_rgb", ("metadata+depth_rgb", "depth_rgb")),
+        "seed": ("search.seed", "11", 11),
+        "run_name": ("runtime.run_name", "flagged", "flagged"),
+        "device_mode": ("runtime.device_mode", "single", "single"),
+        "gpus": ("runtime.gpus", "0,1", ("0", "1")),
+        "cpu_replicas": ("runtime.cpu_replicas", "3", 3),
+        "verbosity": ("runtime.verbosity", "3", 3),
+        "resume_mode": ("runtime.resume_mode", "fresh", "fresh"),
+        "deterministic": ("runtime.deterministic", None, True),
+        "folds": ("search.folds_file", str(folds), str(folds)),
+        "selection": ("search.selection", "outer", "outer"),
+        "test_fraction": ("search.test_fraction", "0.25", 0.25),
+        "test_patients": ("search.test_patients_file", str(patients), str(patients)),
+    }
+
+
+def _get(cfg, key):
+    section, *rest = key.split(".")
+    value = getattr(cfg, section)
+    for part in rest:
+        value = getattr(value, part)
+    return value
+
+
+def test_every_flag_and_its_dash_alias_reaches_its_config_key(tmp_path):
+    cases = _flag_cases(tmp_path)
+    assert set(cases) == set(FLAG_KEYS), "a flag without a test case here (or a case for a removed flag)"
+    base = resolve_config(build_parser().parse_args(["--config", DEMO]))
+    for flag, (key, value, expected) in cases.items():
+        assert FLAG_KEYS[flag] == key, flag
+        assert _get(base, key) != expected, f"{flag}: the expected value is already the default"
+        spellings = [f"--{flag}"] + ([f"--{flag.replace('_', '-')}"] if "_" in flag else [])
+        for spelling in spellings:
+            argv = ["--config", DEMO, spelling] + ([] if value is None else [value])
+            cfg = resolve_config(build_parser().parse_args(argv))
+            assert _get(cfg, key) == expected, (spelling, _get(cfg, key))
+
+
+@pytest.mark.parametrize("key,flag,yaml_value,flag_value,set_value", [
+    ("search.cv_folds", "--cv-folds", 3, "4", 5),
+    ("search.seed", "--seed", 1, "2", 3),
+    ("runtime.run_name", "--run_name", "from_yaml", "from_flag", "from_set"),
+    ("search.data_percentage", "--data_percentage", 80.0, "60", 40.0),
+])
+def test_precedence_yaml_then_flag_then_set(tmp_path, key, flag, yaml_value, flag_value, set_value):
+    section, name = key.split(".")
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump({section: {name: yaml_value}}))
+    parse = lambda *argv: resolve_config(build_parser().parse_args(["--config", str(path), *argv]))  # noqa: E731
+    assert _get(parse(), key) == yaml_value
+    assert _get(parse(flag, flag_value), key) == type(yaml_value)(flag_value)
+    both = parse(flag, flag_value, "--set", f"{key}={set_value}")
+    assert _get(both, key) == set_value
+    # order on the command line does not matter: --set wins either way
+    assert _get(parse("--set", f"{key}={set_value}", flag, flag_value), key) == set_value
+    # the last --set of a key wins
+    assert _get(parse("--set", f"{key}={yaml_value}", "--set", f"{key}={set_value}"), key) == set_value
+
+
 def test_shipped_configs_load():
-    assert load_config("configs/default.yaml").model.backbone == "efficientnet_b3"
-    demo = load_config("configs/demo.yaml")
+    assert load_config(DEFAULT).model.backbone == "efficientnet_b3"
+    demo = load_config(DEMO)
     assert demo.model.backbone == "tiny" and demo.data.demo
 
 
