@@ -29,6 +29,12 @@ def test_full_disk_says_how_to_resume(monkeypatch, capsys, tmp_path):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "logs" / "results.csv"))
 
     monkeypatch.setattr(medfusion.search.Search, "run", full_disk)
+    # in-process, TensorFlow has long started (other tests ran ops): configure_strategy would change the visible
+    # devices too late (on a machine with a GPU that raises). The strategy is not what this test is about.
+    import medfusion.training.devices as devices
+    import tensorflow as tf
+
+    monkeypatch.setattr(devices, "configure_strategy", lambda rt: tf.distribute.OneDeviceStrategy("/cpu:0"))
     rc = cli.main(["--config", str(ROOT / "configs/demo.yaml"), "--device_mode", "cpu", "--run_name", "full",
                    "--set", f"runtime.logs_dir={tmp_path / 'logs'}"])
     assert rc == 2
