@@ -6,6 +6,7 @@ that keep them fast (16 px, two epochs, a 20-tree forest) and the checks stay al
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -19,12 +20,27 @@ FAST = ["--set", "data.image_size=16", "--set", "train.pretrain.epochs=2", "--se
         "--set", "train.batch_size=16", "--set", "search.bootstrap_resamples=200"]
 
 
-def run_search(logs_dir: Path, data_dir: Path, *extra, run_name: str = "e2e", folds: int = 2, check: bool = True):
-    """python main.py --mode search on the demo config with FAST settings; returns (run folder, process)."""
-    cmd = [sys.executable, str(ROOT / "main.py"), "--mode", "search", "--config", str(ROOT / "configs/demo.yaml"),
-           "--data_dir", str(data_dir), "--cv_folds", str(folds), "--run_name", run_name,
-           "--set", f"runtime.logs_dir={logs_dir}", "--set", "data.demo=false", *FAST, *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+# what a bit-exact comparison needs in the environment of its subprocesses, set explicitly instead of relying on
+# main.py's os.environ.setdefault (a TF_ENABLE_ONEDNN_OPTS=1 in the caller's environment would win there)
+DETERMINISTIC_ENV = {"TF_ENABLE_ONEDNN_OPTS": "0"}
+
+
+def search_command(logs_dir: Path, data_dir: Path, *extra, run_name: str = "e2e", folds: int = 2) -> list:
+    """The command line run_search runs (for tests that start the process themselves, e.g. to signal it)."""
+    return [sys.executable, str(ROOT / "main.py"), "--mode", "search", "--config", str(ROOT / "configs/demo.yaml"),
+            "--data_dir", str(data_dir), "--cv_folds", str(folds), "--run_name", run_name,
+            "--set", f"runtime.logs_dir={logs_dir}", "--set", "data.demo=false", *FAST, *extra]
+
+
+def run_search(logs_dir: Path, data_dir: Path, *extra, run_name: str = "e2e", folds: int = 2, check: bool = True,
+               env: dict | None = None):
+    """python main.py --mode search on the demo config with FAST settings; returns (run folder, process).
+
+    `env`: variables set (over this process's environment) for the search, e.g. DETERMINISTIC_ENV.
+    """
+    cmd = search_command(logs_dir, data_dir, *extra, run_name=run_name, folds=folds)
+    full_env = None if env is None else {**os.environ, **env}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT, env=full_env)
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return Path(logs_dir) / run_name, proc
