@@ -125,26 +125,33 @@ def set_aside_if_damaged(folder: Path, what: str) -> None:
 
 
 def pretrain_job(ctx, k, modality, tr, va, seed):
+    """Train (or reuse) the cache entry of this pre-training under its file lock.
+
+    The lock (logs/.pretrain_cache/<key>.lock) makes a second search that needs the same entry
+    wait for the first and then reuse it, instead of training it twice into one folder.
+    """
     from medfusion.models.fusion import build_pretrain_model
+    from medfusion.store import cache_entry_lock
     from medfusion.training.pretrain import pretrain_phases, run_pretraining
 
     cfg = ctx.cfg
     key = pretrain_key(ctx, modality, tr, va, seed)
-    set_aside_if_damaged(ctx.cache_dir / key, "pre-training cache entry")
-    reused = StageCheckpoint(ctx.cache_dir / key).completed() is not None
-    log.info("--- fold %d pre-training %s: cache key %s (%s)", k, modality, key, "found, reused" if reused else
-             "training; equal alpha; phases " + ", ".join(name for name, _ in pretrain_phases(cfg)))
-    keras.utils.set_random_seed(seed)
-    with ctx.strategy.scope():
-        model = build_pretrain_model(modality, cfg.model, cfg.data.image_size)
-    y = ctx.manifest.labels
-    result = run_pretraining(modality, model, ctx.strategy, ({modality: ctx.crops[modality][tr]}, y[tr]),
-                             ({modality: ctx.crops[modality][va]}, y[va]), cfg, seed,
-                             checkpoint_dir=ctx.cache_dir / key,
-                             tensorboard_dir=ctx.run_dir / "tensorboard" / f"pretrain-{modality}" / f"fold_{k}")
-    if not reused:
-        atomic_write_json(ctx.cache_dir / key / "origin.json",
-                          {"run": cfg.runtime.run_name, "fold": k, "modality": modality})
+    with cache_entry_lock(ctx.cache_dir, key, log):
+        set_aside_if_damaged(ctx.cache_dir / key, "pre-training cache entry")
+        reused = StageCheckpoint(ctx.cache_dir / key).completed() is not None
+        log.info("--- fold %d pre-training %s: cache key %s (%s)", k, modality, key, "found, reused" if reused else
+                 "training; equal alpha; phases " + ", ".join(name for name, _ in pretrain_phases(cfg)))
+        keras.utils.set_random_seed(seed)
+        with ctx.strategy.scope():
+            model = build_pretrain_model(modality, cfg.model, cfg.data.image_size)
+        y = ctx.manifest.labels
+        result = run_pretraining(modality, model, ctx.strategy, ({modality: ctx.crops[modality][tr]}, y[tr]),
+                                 ({modality: ctx.crops[modality][va]}, y[va]), cfg, seed,
+                                 checkpoint_dir=ctx.cache_dir / key,
+                                 tensorboard_dir=ctx.run_dir / "tensorboard" / f"pretrain-{modality}" / f"fold_{k}")
+        if not reused:
+            atomic_write_json(ctx.cache_dir / key / "origin.json",
+                              {"run": cfg.runtime.run_name, "fold": k, "modality": modality})
     return model, result, key, reused
 
 

@@ -41,6 +41,7 @@ from medfusion.recompute import predict_fold, rescore_from_predictions
 from medfusion.runs import (FileLog, RunState, atomic_write_csv, atomic_write_json, atomic_write_text, crash_point,
                             prepare_run_dir, remove_stale_temporaries)
 from medfusion.runs import check_run_folder, folds_problem, read_run_csv, read_run_json, read_run_yaml
+from medfusion.store import RunLock
 from medfusion.training.devices import describe
 
 log = logging.getLogger("medfusion")
@@ -87,6 +88,7 @@ class Search:
         self.image_modalities = [m for m in IMAGE_MODALITIES if any(m in image_modalities_of(c) for c in self.combinations)]
         self.run_dir = Path(cfg.runtime.logs_dir) / cfg.runtime.run_name
         self.cache_dir = Path(cfg.runtime.logs_dir) / PRETRAIN_CACHE_DIR
+        self.run_lock = RunLock(cfg.runtime.logs_dir, cfg.runtime.run_name)  # logs/.locks/<run>.lock (store.py)
         self.oracle_ref = self._oracle()
 
     def _oracle(self) -> OracleReference:
@@ -96,6 +98,7 @@ class Search:
     def _open_run(self) -> bool:
         """Create or reopen the run folder per the resume mode; True when continuing an existing run."""
         cfg, mode = self.cfg, self.cfg.runtime.resume_mode
+        self.run_lock.acquire_or_refuse()  # before anything in the folder is read, moved aside or written
         existing = (self.run_dir / "config.yaml").is_file()
         if mode in ("from_models", "from_predictions"):
             if not existing or not (self.run_dir / "state.json").is_file():
@@ -143,6 +146,12 @@ class Search:
 
     # ------------------------------------------------------------------ orchestration
     def run(self) -> pd.DataFrame:
+        """The search, holding the run folder's lock: a second search on it is refused; released on any exit."""
+        with self.run_lock:
+            self.run_lock.refuse_if_held()  # before the data check, so a second search stops at once
+            return self._run()
+
+    def _run(self) -> pd.DataFrame:
         cfg = self.cfg
         t0 = time.time()
         mode = cfg.runtime.resume_mode

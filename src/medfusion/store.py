@@ -165,6 +165,10 @@ class FileLock:
             with contextlib.suppress(OSError):
                 self.path.parent.rmdir()  # only succeeds when no other search holds a lock there
 
+    def __del__(self):  # a dropped lock object (a Search never run to the end) must not keep its lock
+        with contextlib.suppress(Exception):
+            self.release()
+
     def __enter__(self) -> "FileLock":
         self.acquire()
         return self
@@ -186,7 +190,7 @@ class RunLock(FileLock):
 
     def __init__(self, logs_dir, run_name: str):
         super().__init__(Path(logs_dir) / RUN_LOCKS_DIR / f"{run_name}.lock", remove_empty_parent=True)
-        self.run_dir = Path(logs_dir) / run_name
+        self.run_dir, self.run_name = Path(logs_dir) / run_name, run_name
 
     def _refusal(self, info: dict) -> RunFolderInUse:
         return RunFolderInUse(
@@ -201,6 +205,9 @@ class RunLock(FileLock):
             raise self._refusal(info)
 
     def acquire_or_refuse(self) -> None:
+        if not self.run_name or self.run_name.startswith(".") or Path(self.run_name).name != self.run_name:
+            raise ValueError(f"run name {self.run_name!r} is reserved or not a plain folder name; "
+                             "choose another --run_name")
         if not self.try_acquire():
             raise self._refusal(self.holder())
 
