@@ -178,3 +178,16 @@ def test_without_fcntl_locking_is_skipped_with_one_warning(tmp_path, monkeypatch
         assert a.try_acquire() and b.try_acquire() and a.probe() is None
     assert caplog.text.count("file locks are not available") == 1
     assert not (tmp_path / "x.lock").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_dropping_the_lock_leaves_the_parents_lock_alone(tmp_path):
+    lock = FileLock(tmp_path / "x.lock")
+    assert lock.try_acquire()
+    pid = os.fork()
+    if pid == 0:  # the child: what a worker process does when it garbage-collects its copy
+        lock.release()
+        os._exit(0)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert lock.path.exists() and not FileLock(lock.path).try_acquire()
+    lock.release()

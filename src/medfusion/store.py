@@ -67,6 +67,7 @@ class FileLock:
         self.path = Path(path)
         self.remove_empty_parent = remove_empty_parent  # for a folder of lock files only (logs/.locks)
         self._fd: int | None = None
+        self._pid: int | None = None  # the process that took the lock (a forked child must not remove it)
 
     @property
     def held(self) -> bool:
@@ -101,7 +102,7 @@ class FileLock:
             os.close(fd)  # we locked a file its holder had already removed: lock the new one
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps(holder_info()).encode())
-        self._fd = fd
+        self._fd, self._pid = fd, os.getpid()
         return True
 
     def try_acquire(self) -> bool:
@@ -153,6 +154,9 @@ class FileLock:
         """Remove the lock file (when it is still ours) and unlock; safe to call twice."""
         fd, self._fd = self._fd, None
         if fd is None:
+            return
+        if self._pid != os.getpid():  # a forked copy: closing its descriptor leaves the parent's lock alone
+            os.close(fd)
             return
         try:
             if self._is_current(fd):
