@@ -119,3 +119,15 @@ def test_curves_handle_one_and_many_folds(tmp_path, folds):
     run = write_run(tmp_path, healthy_jobs(folds))
     run_review(run)
     _png_ok(run / "plots" / "curves_metadata+depth_rgb.png")
+
+
+def test_report_reads_records_not_the_review():
+    """No import cycle: report.py reads the run through records.py; only review.py imports report.py."""
+    import subprocess
+    import sys
+
+    code = ("import sys, medfusion.report; assert 'medfusion.review' not in sys.modules, 'report imports review'; "
+            "import medfusion.review as rv, medfusion.records as rc; "
+            "assert rv.load_run is rc.load_run and rv.RunRecords is rc.RunRecords")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -322,13 +322,10 @@ def write_plots(run, log: logging.Logger) -> tuple[list[tuple[str, str]], list[s
     return written, failed
 
 
-def render_markdown(run, findings, figures, plots, failed) -> str:
-    from medfusion.evaluation.late_fusion import is_late_fusion
-
+def _header(run) -> list[str]:
     name = Path(run.run_dir).name
     cfg = run.config or {}
     model, train, search = cfg.get("model") or {}, cfg.get("train") or {}, cfg.get("search") or {}
-    lines = [f"# Review of run `{name}`", ""]
     facts = [f"{len(run.jobs)} job records", f"{len(run.combinations)} combinations", f"{len(run.folds)} folds"]
     if model:
         facts.append(f"backbone `{model.get('backbone')}` (weights `{model.get('weights')}`)")
@@ -338,10 +335,17 @@ def render_markdown(run, findings, figures, plots, failed) -> str:
         facts.append(f"{lrs}; batch {train.get('batch_size')}; max alpha ratio {train.get('max_alpha_ratio')}")
     if search.get("seed") is not None:
         facts.append(f"seed {search.get('seed')}")
-    lines += ["; ".join(facts) + ".", "", "## Summary", "",
-              "Outer validation scores (predicted once, after every choice was made on the inner selection "
-              "patients), best first: visit QWK mean over folds with a 95% patient-bootstrap interval of the "
-              "pooled out-of-fold visits, then per-view scores (mean and sample std over folds).", ""]
+    return [f"# Review of run `{name}`", "", "; ".join(facts) + "."]
+
+
+def _summary_section(run) -> list[str]:
+    """The summary table, the oracle reference and each fusion against its best member."""
+    from medfusion.evaluation.late_fusion import is_late_fusion
+
+    lines = ["", "## Summary", "",
+             "Outer validation scores (predicted once, after every choice was made on the inner selection "
+             "patients), best first: visit QWK mean over folds with a 95% patient-bootstrap interval of the "
+             "pooled out-of-fold visits, then per-view scores (mean and sample std over folds).", ""]
     summary = _summary(run)
     if summary["combination"].map(lambda c: is_late_fusion(str(c))).any():
         lines += ["Rows `late_mean:<combination>` (the mean of the combination's single-modality members' "
@@ -365,24 +369,31 @@ def render_markdown(run, findings, figures, plots, failed) -> str:
                   "| combination | best member | difference | interval | folds won |", "| --- | --- | ---: | --- | ---: |"]
         lines += [f"| {r.combination} | {r.best_member} | {r.delta_visit_qwk:+.4f} | [{r.ci_low:+.3f}, {r.ci_high:+.3f}] "
                   f"| {r.folds_won} of {r.n_folds} |" for r in comp.itertuples()]
+    return lines
+
+
+def _findings_section(findings) -> list[str]:
     counts = {s: sum(f.severity == s for f in findings) for s in SEVERITIES}
-    lines += ["", "## Findings", "",
-              f"{counts['error']} error(s), {counts['warning']} warning(s), {counts['info']} info. "
-              "`python main.py --mode review --run_name NAME --strict` exits non-zero when there is an error. "
-              "The same list as data: `review.json`.", ""]
-    if findings:
-        lines.append("| severity | check | combination | fold | stage | evidence | suggestion |")
-        lines.append("| --- | --- | --- | ---: | --- | --- | --- |")
-        for f in findings:
-            lines.append(f"| {SEVERITY_MARK[f.severity]} | `{f.check}` | {_md_escape(f.combination or '')} | "
-                         f"{'' if f.fold is None else f.fold} | {_md_escape(f.stage or '')} | "
-                         f"{_md_escape(f.message)} | {_md_escape(f.suggestion)} |")
-    else:
-        lines.append("No findings.")
-    lines += ["", "## Key figures per job", "",
-              "Stage columns: best epoch / epochs run, validation QWK at the stage start -> best.", "",
-              "| combination | fold | QWK | pre-training | stage1 | stage2 | forest weight | predicted I/P/R | true I/P/R |",
-              "| --- | ---: | ---: | --- | --- | --- | --- | --- | --- |"]
+    lines = ["", "## Findings", "",
+             f"{counts['error']} error(s), {counts['warning']} warning(s), {counts['info']} info. "
+             "`python main.py --mode review --run_name NAME --strict` exits non-zero when there is an error. "
+             "The same list as data: `review.json`.", ""]
+    if not findings:
+        return lines + ["No findings."]
+    lines.append("| severity | check | combination | fold | stage | evidence | suggestion |")
+    lines.append("| --- | --- | --- | ---: | --- | --- | --- |")
+    for f in findings:
+        lines.append(f"| {SEVERITY_MARK[f.severity]} | `{f.check}` | {_md_escape(f.combination or '')} | "
+                     f"{'' if f.fold is None else f.fold} | {_md_escape(f.stage or '')} | "
+                     f"{_md_escape(f.message)} | {_md_escape(f.suggestion)} |")
+    return lines
+
+
+def _figures_section(figures) -> list[str]:
+    lines = ["", "## Key figures per job", "",
+             "Stage columns: best epoch / epochs run, validation QWK at the stage start -> best.", "",
+             "| combination | fold | QWK | pre-training | stage1 | stage2 | forest weight | predicted I/P/R | true I/P/R |",
+             "| --- | ---: | ---: | --- | --- | --- | --- | --- | --- |"]
     for kf in figures:
         pre = "<br>".join(format_stage(m, s) for m, s in kf["pretrain"].items())
         s2 = kf["stage2"]
@@ -398,7 +409,11 @@ def render_markdown(run, findings, figures, plots, failed) -> str:
                      f"{format_stage('', kf['stage1']).strip()} | {s2_text} | {w_text} | "
                      f"{'/'.join(str(pc.get(c, '')) for c in CLASSES) if pc else ''} | "
                      f"{'/'.join(str(vc.get(c, '')) for c in CLASSES) if vc else ''} |")
-    lines += ["", "## Plots", ""]
+    return lines
+
+
+def _plots_section(run, plots, failed) -> list[str]:
+    lines = ["", "## Plots", ""]
     for title, fname in plots:
         lines += [f"### {title}", "", f"![{title}]({PLOTS_DIR}/{fname})", ""]
     linked = {fname for _, fname in plots}
@@ -408,6 +423,13 @@ def render_markdown(run, findings, figures, plots, failed) -> str:
         lines += [f"- [{n}]({PLOTS_DIR}/{n})" for n in others] + [""]
     if failed:
         lines += ["### Plots that failed", ""] + [f"- {_md_escape(m)}" for m in failed] + [""]
+    return lines
+
+
+def render_markdown(run, findings, figures, plots, failed) -> str:
+    """report.md: header, summary, findings, key figures per job, plots."""
+    lines = (_header(run) + _summary_section(run) + _findings_section(findings) + _figures_section(figures)
+             + _plots_section(run, plots, failed))
     return "\n".join(lines).rstrip() + "\n"
 
 
