@@ -113,6 +113,57 @@ def _sigterm_to_interrupt(signum, frame):
     raise KeyboardInterrupt  # a preempted node gets the same clean stop as Ctrl-C
 
 
+def _configure_tensorflow(cfg) -> None:
+    import tensorflow as tf
+
+    if cfg.runtime.verbosity < 3:
+        tf.get_logger().setLevel("ERROR")  # retracing notices for each new model are expected here
+    if cfg.runtime.deterministic:
+        tf.config.experimental.enable_op_determinism()
+        # one thread per op: CPU kernels otherwise split float reductions by thread timing
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
+def _run_light_mode(args, cfg, log) -> int:
+    """review and check_data: no TensorFlow needed."""
+    try:
+        if args.mode == "review":
+            from medfusion.review import run_review
+
+            return run_review(Path(cfg.runtime.logs_dir) / cfg.runtime.run_name, strict=args.strict, log=log)
+        from medfusion.data.check import run_check_data
+
+        return run_check_data(cfg, log)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        log.error("error: %s", exc)
+        return 2
+
+
+def _run_tf_mode(args, cfg) -> int:
+    if args.mode == "predict":
+        if args.data_dir is None:
+            raise ValueError("--mode predict needs --data_dir: the folder of the patients to predict")
+        from medfusion.predict import run_predict
+
+        return run_predict(Path(cfg.runtime.logs_dir) / cfg.runtime.run_name, args.data_dir, args.combination,
+                           args.out)
+    from medfusion.search import Search
+    from medfusion.training.devices import configure_strategy
+
+    Search(cfg, configure_strategy(cfg.runtime)).run()
+    return 0
+
+
+def _data_dir_problem(args, cfg) -> str | None:
+    if args.data_dir is None or Path(args.data_dir).is_dir():
+        return None
+    what = "is a file, not a folder" if Path(args.data_dir).exists() else "does not exist"
+    return (f"--data_dir {args.data_dir!r} {what}; pass the folder that holds metadata.csv"
+            + (" (the demo is generated only into data.demo_dir "
+               f"{cfg.data.demo_dir!r}: leave out --data_dir to use it)" if cfg.data.demo else ""))
+
+
 def main(argv=None) -> int:
     import signal
 
@@ -123,54 +174,18 @@ def main(argv=None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.data_dir is not None and not Path(args.data_dir).is_dir():
-        what = "is a file, not a folder" if Path(args.data_dir).exists() else "does not exist"
-        print(f"error: --data_dir {args.data_dir!r} {what}; pass the folder that holds metadata.csv"
-              + (" (the demo is generated only into data.demo_dir "
-                 f"{cfg.data.demo_dir!r}: leave out --data_dir to use it)" if cfg.data.demo else ""), file=sys.stderr)
+    problem = _data_dir_problem(args, cfg)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     from medfusion.runs import setup_console
 
     log = setup_console(cfg.runtime.verbosity)
-    if args.mode in ("review", "check_data"):  # no TensorFlow needed
-        try:
-            if args.mode == "review":
-                from medfusion.review import run_review
-
-                return run_review(Path(cfg.runtime.logs_dir) / cfg.runtime.run_name, strict=args.strict, log=log)
-            from medfusion.data.check import run_check_data
-
-            return run_check_data(cfg, log)
-        except (ValueError, FileNotFoundError, OSError) as exc:
-            log.error("error: %s", exc)
-            return 2
-    if cfg.runtime.verbosity < 3:
-        import tensorflow as tf
-
-        tf.get_logger().setLevel("ERROR")  # retracing notices for each new model are expected here
-    if cfg.runtime.deterministic:
-        import tensorflow as tf
-
-        tf.config.experimental.enable_op_determinism()
-        # one thread per op: CPU kernels otherwise split float reductions by thread timing
-        tf.config.threading.set_intra_op_parallelism_threads(1)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
+    if args.mode in ("review", "check_data"):
+        return _run_light_mode(args, cfg, log)
+    _configure_tensorflow(cfg)
     try:
-        if args.mode == "predict":
-            if args.data_dir is None:
-                raise ValueError("--mode predict needs --data_dir: the folder of the patients to predict")
-            from medfusion.predict import run_predict
-
-            return run_predict(Path(cfg.runtime.logs_dir) / cfg.runtime.run_name, args.data_dir, args.combination,
-                               args.out)
-        from medfusion.training.devices import configure_strategy
-
-        strategy = configure_strategy(cfg.runtime)
-        if args.mode == "search":
-            from medfusion.search import Search
-
-            Search(cfg, strategy).run()
-        return 0
+        return _run_tf_mode(args, cfg)
     except KeyboardInterrupt:
         log.error("interrupted: every finished job and the last completed epoch of the running stage are saved "
                   "in %s/%s.\nResume with the same command and --resume_mode auto (the default), e.g.\n"
