@@ -92,13 +92,13 @@ def _labels(counts: dict) -> np.ndarray:
 
 
 def write_run(root: Path, jobs: list[dict], folds: int | None = None, predictions: bool = True,
-              selection: str = "inner") -> Path:
+              selection: str = "inner", weights: str = "none") -> Path:
     """Write a run folder as search.py does: config.yaml, jobs/, predictions/, results.csv, summary.csv."""
     run = root / "run"
     folds = folds if folds is not None else len({j["fold"] for j in jobs})
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.yaml").write_text(
-        "model: {backbone: tiny, weights: none}\n"
+        f"model: {{backbone: tiny, weights: {weights}}}\n"
         "train: {batch_size: 16, max_alpha_ratio: 3.0, pretrain: {epochs: 5, lr: 0.002}, "
         "stage1: {epochs: 5, lr: 0.0005}, stage2: {epochs: 5, lr: 0.0001}}\n"
         f"search: {{cv_folds: {folds}, seed: 42, selection: {selection}}}\n")
@@ -480,8 +480,11 @@ def test_stage2_skipped_is_info(tmp_path):
         del job["stages"]["stage2"], job["stage2_kept"]
         job["stage2_skipped"] = True
 
-    hits, others = only(findings_for(tmp_path, planted(mutate)), "stage2_skipped")
+    hits, others = only(findings_for(tmp_path / "imagenet", planted(mutate), weights="imagenet"), "stage2_skipped")
     assert [(f.severity, f.combination, f.fold) for f in hits] == [("info", "depth_rgb", 0)] and others == []
+    # a from-scratch backbone was trained whole in pre-training: skipping Stage 2 is a choice, not a finding
+    hits, others = only(findings_for(tmp_path / "scratch", planted(mutate)), "stage2_skipped")
+    assert hits == [] and others == []
 
 
 # ----------------------------------------------------------------------------- run_review

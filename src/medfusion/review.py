@@ -164,11 +164,15 @@ def check_completeness(run: RunRecords) -> list[Finding]:
             out.append(Finding("incomplete_run", "warning", combo, None, None,
                                f"job records for {len(have)} of {len(folds)} folds; missing fold(s) {missing}",
                                {"n_folds_found": len(have), "n_folds_expected": len(folds), "missing_folds": missing}))
-    for job in run.jobs:
-        if job.get("stage2_skipped"):
-            out.append(Finding("stage2_skipped", "info", job["combination"], int(job["fold"]), "stage2",
-                               "Stage 2 was skipped (train.stage2.epochs 0): the backbones were never fine-tuned",
-                               {"stage2_epochs": 0}))
+    # Skipping Stage 2 matters for pretrained backbones: they would never adapt to the data. A from-scratch
+    # backbone (weights: none) was trained whole in pre-training, so skipping it is a choice, not a finding.
+    weights = str((run.config.get("model") or {}).get("weights", "none")).strip().lower()
+    if weights not in ("none", "", "null"):
+        for job in run.jobs:
+            if job.get("stage2_skipped"):
+                out.append(Finding("stage2_skipped", "info", job["combination"], int(job["fold"]), "stage2",
+                                   "Stage 2 was skipped (train.stage2.epochs 0): the pretrained backbones were never "
+                                   "fine-tuned on this data", {"stage2_epochs": 0, "weights": weights}))
     return out
 
 
