@@ -94,3 +94,15 @@ def test_metadata_only_search_end_to_end(tmp_path, metadata_folder):
     assert summary["combination"].tolist() == ["metadata"]
     assert (run / "report.md").is_file() and "metadata only" in (run / "run.log").read_text()
     assert not (run / "tensorboard").exists()  # nothing trained epochs
+    # the run's forests predict the same folder through --mode predict (no image folder needed)
+    import subprocess
+    import sys
+
+    from tests.harness import ROOT
+
+    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "--mode", "predict", "--run_name", run.name,
+                           "--set", f"runtime.logs_dir={run.parent}", "--data_dir", str(metadata_folder),
+                           "--out", str(tmp_path / "pred")], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    samples = pd.read_csv(tmp_path / "pred" / "samples.csv")
+    assert sorted(samples["sample_id"]) == sorted(visits.index) and (samples["sample_id"] == samples["visit"]).all()

@@ -173,7 +173,11 @@ def run_predict(run_dir: Path, data_dir: str, combination: str | None = None, ou
     t0 = time.time()
     log.info("predict: run %s, combination %s (fold ensemble of %d bundles), data %s", run_dir.name, combination,
              cfg.search.cv_folds, data_dir)
-    manifest = load_dfu(Path(data_dir), cfg.data, log)
+    from medfusion.search import resolve_combinations
+
+    # samples as the run made them: views when the run used any image modality, visits when metadata-only
+    run_modalities = sorted({m for c in resolve_combinations(cfg) for m in c.split("+")})
+    manifest = load_dfu(Path(data_dir), cfg.data, log, modalities=run_modalities)
     labelled = not manifest.report.get("unlabelled") and (manifest.samples["label"] >= 0).all()
     log.info("dataset: %d samples, %d visits, %d patients%s", len(manifest), manifest.samples["visit"].nunique(),
              manifest.samples["patient"].nunique(), "" if labelled else "; no labels: predictions only")
