@@ -582,3 +582,35 @@ def test_review_of_a_real_tiny_search(tmp_path):
     assert (run / "report.md").is_file() and (run / "plots" / "curves_metadata+depth_rgb.png").is_file()
     expected = 1 if any(f["severity"] == "error" for f in review["findings"]) else 0
     assert run_review(run, strict=True) == expected
+
+
+# ----------------------------------------------------------------------------- stage 2 keep/revert
+def test_reverted_stage2_is_not_no_learning(tmp_path):
+    """Stage 2 starts at Stage 1's best and is reverted when it does not beat it: that is the design, not a failure."""
+    def mutate(j):
+        job = j["depth_rgb", 0]
+        s = job["stages"]["stage2"]
+        s["best_val_qwk"] = s["start_val_qwk"]
+        s["best_epoch"] = 1
+        job["stage2_kept"] = False
+
+    hits, others = only(findings_for(tmp_path, planted(mutate)), "no_learning")
+    assert hits == [] and others == []
+
+
+def test_stage2_reverted_everywhere_is_one_warning(tmp_path):
+    def mutate(j):
+        for job in j.values():
+            if "stage2_kept" in job:
+                job["stage2_kept"] = False
+
+    hits, others = only(findings_for(tmp_path / "all", planted(mutate)), "stage2_never_helps")
+    assert [(f.severity, f.combination, f.fold) for f in hits] == [("warning", None, None)] and others == []
+    assert hits[0].evidence == {"jobs_with_stage2": 4, "kept": 0} and "all 4 jobs" in hits[0].message
+
+    def mutate_one_kept(j):
+        mutate(j)
+        j["depth_rgb", 1]["stage2_kept"] = True
+
+    hits, _ = only(findings_for(tmp_path / "one", planted(mutate_one_kept)), "stage2_never_helps")
+    assert hits == []

@@ -37,7 +37,7 @@ from medfusion.review_checks import (ALPHA_RATIO_TOL, ALPHA_RATIO_UNCAPPED, BACK
                                      DIVERGE_UP_FRACTION, FUSION_TOLERANCE, LOSS_FLAT_REL, MIN_QWK_GAIN,
                                      MIN_TRAINABLE_FRACTION, QWK_FLAT, QWK_NOISE, SHIFT_TVD, SUGGESTIONS, THRESHOLDS,
                                      Finding, check_alpha, check_degenerate, check_frozen, check_learning_rate,
-                                     check_no_learning, check_steps, check_transfer)
+                                     check_no_learning, check_stage2_never_helps, check_steps, check_transfer)
 from medfusion.report import write_report
 from medfusion.runs import atomic_write_json
 
@@ -176,8 +176,8 @@ def check_completeness(run: RunRecords) -> list[Finding]:
     return out
 
 
-CHECKS = (check_protocol, check_completeness, check_degenerate, check_no_learning, check_frozen, check_learning_rate,
-          check_fusion, check_alpha, check_steps, check_transfer, check_shift)
+CHECKS = (check_protocol, check_completeness, check_degenerate, check_no_learning, check_stage2_never_helps,
+          check_frozen, check_learning_rate, check_fusion, check_alpha, check_steps, check_transfer, check_shift)
 
 
 def review_findings(run: RunRecords) -> list[Finding]:

@@ -62,6 +62,8 @@ THRESHOLDS = {name: value for name, value in globals().items()
 SUGGESTIONS = {
     "degenerate_predictions": "check the focal alpha cap (train.max_alpha_ratio), the LR and this job's learning curves",
     "no_learning": "raise the stage's LR or epochs; check its trainable params and learning curves",
+    "stage2_never_helps": "set train.stage2.epochs: 0, or change train.stage2.lr (backbone_change in the key figures "
+                          "shows whether it moved the backbone at all)",
     "frozen_too_much": "check train.unfreeze / set_backbones_trainable: this stage should train the backbone",
     "backbone_unchanged": "raise train.stage2.lr (1e-5 EfficientNet, 1e-4 tiny) or check train.unfreeze",
     "lr_too_low": "raise this stage's learning rate (train.<stage>.lr), e.g. 10x",
@@ -150,8 +152,16 @@ def check_degenerate(run: RunRecords) -> list[Finding]:
 
 
 def check_no_learning(run: RunRecords) -> list[Finding]:
+    """A stage whose selection QWK never rose, or that restored its first epoch.
+
+    Stage 2 is judged differently: it starts from Stage 1's best and is kept only if it beats it,
+    so a Stage 2 that did not improve was reverted by design (see check_stage2_never_helps; a
+    backbone Stage 2 did not move is backbone_unchanged).
+    """
     out = []
     for combo, fold, stage, sr in stage_records(run.jobs):
+        if stage == "stage2":
+            continue
         best_epoch, run_epochs = sr.get("best_epoch"), sr.get("epochs_run")
         best, start = to_float(sr.get("best_val_qwk")), to_float(sr.get("start_val_qwk"))
         reasons = []
@@ -164,6 +174,16 @@ def check_no_learning(run: RunRecords) -> list[Finding]:
                                {"best_epoch": best_epoch, "epochs_run": run_epochs, "best_val_qwk": best,
                                 "start_val_qwk": start, "min_gain": MIN_QWK_GAIN}))
     return out
+
+
+def check_stage2_never_helps(run: RunRecords) -> list[Finding]:
+    """Stage 2 reverted in every job that ran it: the fine-tuning costs time and buys nothing."""
+    ran = [j for j in run.jobs if isinstance((j.get("stages") or {}).get("stage2"), dict) and "stage2_kept" in j]
+    if len(ran) < 2 or any(j["stage2_kept"] for j in ran):
+        return []
+    return [Finding("stage2_never_helps", "warning", None, None, "stage2",
+                    f"Stage 2 never beat Stage 1 on the selection patients: reverted in all {len(ran)} jobs that ran it",
+                    {"jobs_with_stage2": len(ran), "kept": 0})]
 
 
 def check_frozen(run: RunRecords) -> list[Finding]:
