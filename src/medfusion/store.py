@@ -212,6 +212,12 @@ class RunLock(FileLock):
         if not self.run_name or self.run_name.startswith(".") or Path(self.run_name).name != self.run_name:
             raise ValueError(f"run name {self.run_name!r} is reserved or not a plain folder name; "
                              "choose another --run_name")
+        logs = self.run_dir.parent
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except (NotADirectoryError, FileExistsError):
+            raise OSError(f"cannot create the logs folder {str(logs)!r}: a file of that name (or above it) is in the "
+                          "way; pass a writable folder with --set runtime.logs_dir=PATH") from None
         if not self.try_acquire():
             raise self._refusal(self.holder())
 
