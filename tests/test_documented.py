@@ -125,17 +125,24 @@ def test_multi_and_custom_without_a_gpu_stop_with_a_clear_error(mode, gpus, mess
     assert not (tmp_path / "dev").exists()  # nothing written
 
 
-def test_single_without_a_gpu_warns_and_runs_on_the_cpu(caplog):
+def test_single_without_a_gpu_warns_and_runs_on_the_cpu():
     import logging
 
     from medfusion.config import RuntimeConfig
     from medfusion.training.devices import configure_strategy
 
     _skip_with_a_gpu()
-    with caplog.at_level(logging.WARNING, logger="medfusion"):
+    seen = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger = logging.getLogger("medfusion")  # cli.main (other tests) turns its propagation off: listen on it directly
+    logger.addHandler(handler)
+    try:
         strategy = configure_strategy(RuntimeConfig(device_mode="single"))
+    finally:
+        logger.removeHandler(handler)
     assert strategy.num_replicas_in_sync == 1 and "CPU" in strategy.extended.worker_devices[0].upper()
-    assert "--device_mode single: no GPU visible, running on the CPU" in caplog.text
+    assert "--device_mode single: no GPU visible, running on the CPU" in seen
 
 
 # ----------------------------------------------------------------------------- verbosity
@@ -232,3 +239,144 @@ def test_sigterm_stops_cleanly_with_the_resume_command(monkeypatch, capsys, tmp_
                          "--cv_folds", "2", "--resume_mode", "auto"])
     assert f"python main.py {expected}" in err
     assert "fresh" not in err.split("python main.py", 1)[1]
+
+
+# ----------------------------------------------------------------------------- Ctrl-C on a running search
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_training_exits_130_with_the_resume_command(tmp_path, tiny_data):
+    import subprocess
+
+    from tests.harness import ROOT as HARNESS_ROOT, search_command
+
+    cmd = search_command(tmp_path / "logs", tiny_data, "--combinations", "depth_rgb", run_name="ctrl_c")
+    out, err = open(tmp_path / "stdout", "w"), open(tmp_path / "stderr", "w")
+    proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=HARNESS_ROOT)
+    try:
+        deadline = time.time() + 300
+        while "epoch 1/" not in (tmp_path / "stderr").read_text() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, "the search ended before it trained"
+        assert time.time() < deadline, "no training epoch within 300 s"
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        out.close()
+        err.close()
+    text = (tmp_path / "stderr").read_text()
+    assert rc == 130, text[-3000:]
+    assert "interrupted: every finished job and the last completed epoch of the running stage are saved" in text
+    assert "Traceback" not in text
+    assert f"python main.py {' '.join(cmd[2:])} --resume_mode auto" in text
+    assert (tmp_path / "logs" / "ctrl_c" / "config.yaml").is_file()
+
+
+# ----------------------------------------------------------------------------- resuming a finished run
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_changed_dataset_is_refused_against_folds_json(copy_run, tiny_data, tmp_path, capsys, cpu_strategy,
+                                                       restore_sigterm):
+    """The run's dataset loses a patient after the run started: resuming auto stops, naming folds.json."""
+    from tests.harness import FAST
+
+    data = Path(shutil.copytree(tiny_data, tmp_path / "changed"))
+    meta = pd.read_csv(data / "metadata.csv", encoding="utf-8-sig", dtype=str, keep_default_na=False)
+    gone = meta["Patient#"].iloc[0]
+    meta[meta["Patient#"] != gone].to_csv(data / "metadata.csv", index=False, encoding="utf-8-sig")
+    config = copy_run / "config.yaml"
+    assert str(tiny_data) in config.read_text()
+    config.write_text(config.read_text().replace(str(tiny_data), str(data)))  # "the same folder, changed"
+    before = {p: _sha256(p) for p in copy_run.rglob("*") if p.is_file() and p.name != "run.log"}
+    rc = cli.main(["--mode", "search", "--config", DEMO, "--data_dir", str(data), "--cv_folds", "2",
+                   "--run_name", copy_run.name, "--set", f"runtime.logs_dir={copy_run.parent}",
+                   "--set", "data.demo=false", *FAST, "--combinations", "metadata+depth_rgb"])
+    err = capsys.readouterr().err
+    assert rc == 2, err[-3000:]
+    assert f"{copy_run / 'folds.json'} does not match the dataset (0 new samples" in err
+    assert "the data changed since the run started; use --resume_mode fresh or a new --run_name" in err
+    assert "[stage1]" not in err and "epoch 1/" not in err  # nothing trained
+    after = {p: _sha256(p) for p in copy_run.rglob("*") if p.is_file() and p.name != "run.log"}
+    assert after == before  # nothing in the run folder changed
+
+
+@pytest.mark.slow
+def test_a_file_failing_its_checksum_redoes_only_its_job(copy_run, tiny_data):
+    from tests.harness import rescored_from_predictions, run_search
+
+    state = __import__("json").loads((copy_run / "state.json").read_text())
+    jobs = {(j["combination"], int(j["fold"])) for j in state["jobs"].values() if j.get("status") == "done"}
+    assert len(jobs) == 6, sorted(jobs)  # metadata, depth_rgb, metadata+depth_rgb x 2 folds
+    victim = copy_run / "predictions" / "metadata+depth_rgb" / "fold_1.csv"
+    pred = pd.read_csv(victim)
+    pred.loc[0, ["p_I", "p_P", "p_R"]] = [0.98, 0.01, 0.01]  # still a valid prediction file, not the one recorded
+    pred.to_csv(victim, index=False)
+    others = {p: p.read_bytes() for p in (copy_run / "predictions").rglob("fold_*.csv")
+              if p != victim and ":" not in p.parent.name and "-" not in p.parent.name}
+    assert len(others) == 5
+
+    _, proc = run_search(copy_run.parent, tiny_data, "--combinations", "metadata+depth_rgb", run_name=copy_run.name,
+                         env={"TF_ENABLE_ONEDNN_OPTS": "0"})
+    err = proc.stderr
+    assert ("--- fold 1 job metadata+depth_rgb: recorded as finished but predictions/metadata+depth_rgb/fold_1.csv "
+            "does not match its recorded checksum; redoing it") in err, err[-3000:]
+    for combo, k in sorted(jobs - {("metadata+depth_rgb", 1)}):
+        assert f"--- fold {k} job {combo}: finished earlier, outputs verified; skipped" in err, (combo, k)
+    assert err.count("[stage1] lr=") == 1  # one job trained again (its pre-training came from the cache)
+    for p, content in others.items():
+        assert p.read_bytes() == content, p  # the verified jobs' files were not rewritten
+    # the redone job vouches for its new file, and its results row scores that file
+    state = __import__("json").loads((copy_run / "state.json").read_text())
+    (job,) = [j for j in state["jobs"].values() if (j["combination"], int(j["fold"])) == ("metadata+depth_rgb", 1)]
+    rec = job["files"]["predictions/metadata+depth_rgb/fold_1.csv"]
+    assert rec["sha256"] == _sha256(victim) and rec["size"] == victim.stat().st_size
+    assert not np.allclose(pd.read_csv(victim).loc[0, ["p_I", "p_P", "p_R"]].to_numpy(float), [0.98, 0.01, 0.01])
+    results = pd.read_csv(copy_run / "results.csv")
+    row = results[(results.combination == "metadata+depth_rgb") & (results.fold == 1)].iloc[0]
+    want = rescored_from_predictions(copy_run, "metadata+depth_rgb", 1)
+    assert abs(row.qwk - want["qwk"]) < 1e-5 and abs(row.visit_qwk - want["visit_qwk"]) < 1e-5  # csv: 6 decimals
+
+
+def test_from_predictions_rescores_a_changed_prediction_file(copy_run, capsys, cpu_strategy, restore_sigterm):
+    """from_predictions must score the prediction files, not copy the job records' metrics: one prediction file
+    is changed (and state.json made to vouch for it, as if the job had written it), then that job's results row
+    must equal sklearn's score of the changed file, while it differed from the old row."""
+    import json
+
+    from tests.harness import FAST, rescored_from_predictions
+
+    victim = copy_run / "predictions" / "metadata+depth_rgb" / "fold_0.csv"
+    pred = pd.read_csv(victim)
+    cols = ["p_I", "p_P", "p_R"]
+    pred[cols] = pred[cols].to_numpy()[:, ::-1]  # every row's I and R probabilities swapped
+    pred.to_csv(victim, index=False)
+    state = json.loads((copy_run / "state.json").read_text())
+    for job in state["jobs"].values():
+        rec = job["files"].get("predictions/metadata+depth_rgb/fold_0.csv")
+        if rec is not None:
+            rec.update(size=victim.stat().st_size, sha256=_sha256(victim))
+    (copy_run / "state.json").write_text(json.dumps(state))
+    old = pd.read_csv(copy_run / "results.csv").set_index(["combination", "fold"])
+    want = rescored_from_predictions(copy_run, "metadata+depth_rgb", 0)
+    assert abs(old.loc[("metadata+depth_rgb", 0), "qwk"] - want["qwk"]) > 1e-3  # the change is visible
+
+    rc = cli.main(["--mode", "search", "--config", DEMO, "--cv_folds", "2", "--run_name", copy_run.name,
+                   "--set", f"runtime.logs_dir={copy_run.parent}", "--set", "data.demo=false", *FAST,
+                   "--combinations", "metadata+depth_rgb", "--resume_mode", "from_predictions",
+                   "--data_dir", str(Path(__import__("yaml").safe_load((copy_run / "config.yaml").read_text())
+                                          ["data"]["data_dir"]))])
+    assert rc == 0, capsys.readouterr().err[-3000:]
+    new = pd.read_csv(copy_run / "results.csv").set_index(["combination", "fold"])
+    row = new.loc[("metadata+depth_rgb", 0)]
+    assert abs(row["qwk"] - want["qwk"]) < 1e-5 and abs(row["visit_qwk"] - want["visit_qwk"]) < 1e-5  # 6 decimals
+    for key in new.index:  # every other row as before
+        if key != ("metadata+depth_rgb", 0) and ":" not in key[0]:
+            assert new.loc[key, "qwk"] == pytest.approx(old.loc[key, "qwk"], abs=1e-12), key
