@@ -283,3 +283,59 @@ def test_box_outside_and_inverted_are_skipped_and_named(broken):
     text = check.summary()
     assert "outside_frame 1" in text and f"{boxes.loc[0, 'Filename']}#1 (row 1: [5000," in text
     assert "invalid_box 1" in text and f"{boxes.loc[1, 'Filename']}#1 (row 2:" in text and "inverted_box" in text
+
+
+BOX_REASONS = ("invalid_box", "missing_coordinate", "inverted_box", "zero_area_box", "negative_box", "bad_box_number",
+               "unparseable_name", "duplicate_box", "small_box", "wrong_camera", "outside_frame", "clipped")
+
+
+def _plant_box_row(boxes: pd.DataFrame, reason: str, thermal_name: str) -> pd.DataFrame:
+    """One depth box row (data row 3) broken in the way `reason` names; every other row untouched."""
+    r = 2
+    x0, y0 = int(boxes.loc[r, "Xmin"]), int(boxes.loc[r, "Ymin"])
+    if reason == "missing_coordinate":
+        boxes.loc[r, "Ymax"] = ""
+    elif reason == "inverted_box":
+        boxes.loc[r, ["Xmin", "Xmax"]] = [boxes.loc[r, "Xmax"], boxes.loc[r, "Xmin"]]
+    elif reason == "zero_area_box":
+        boxes.loc[r, "Xmax"] = str(x0)
+    elif reason == "negative_box":
+        boxes.loc[r, ["Xmin", "Ymin", "Xmax", "Ymax"]] = ["-60", "-60", "-10", "-10"]
+    elif reason == "bad_box_number":
+        boxes.loc[r, "Bounding Box Number"] = "two"
+    elif reason == "unparseable_name":
+        boxes.loc[r, "Filename"] = "holiday_photo.png"
+    elif reason == "wrong_camera":
+        boxes.loc[r, "Filename"] = thermal_name  # a thermal frame's name in the depth box file
+    elif reason == "duplicate_box":
+        boxes = pd.concat([boxes, boxes.iloc[[r]]], ignore_index=True)
+    elif reason == "small_box":
+        boxes.loc[r, ["Xmax", "Ymax"]] = [str(x0 + 5), str(y0 + 30)]
+    elif reason == "outside_frame":
+        boxes.loc[r, ["Xmin", "Xmax"]] = ["5000", "5100"]  # the frames are 1280 px wide
+    elif reason == "clipped":
+        boxes.loc[r, "Xmax"] = "1300"
+    return boxes
+
+
+@pytest.mark.parametrize("reason", [r for r in BOX_REASONS if r != "invalid_box"])
+def test_each_box_row_reason_is_counted_on_its_own(broken, reason):
+    path = broken / "bounding_boxes_depth.csv"
+    boxes = pd.read_csv(path, dtype=str, keep_default_na=False)
+    assert int(boxes.loc[2, "Xmax"]) < 1250  # room for "clipped" to reach past the 1280 px frame edge
+    thermal_name = pd.read_csv(broken / "bounding_boxes_thermal.csv", dtype=str)["Filename"].iloc[0]
+    original = boxes.loc[2, "Filename"]
+    _plant_box_row(boxes, reason, thermal_name).to_csv(path, index=False)
+    check = check_dataset(_cfg(broken), LOG)
+    assert check.manifest is not None, check.problems
+    counts = check.manifest.report["depth_boxes"]
+    row_problems = ("missing_coordinate", "inverted_box", "zero_area_box", "negative_box", "bad_box_number")
+    expected = {r: int(r == reason or (r == "invalid_box" and reason in row_problems)) for r in BOX_REASONS}
+    assert {r: counts[r] for r in BOX_REASONS} == expected
+    assert counts["rows"] == DEMO_DEPTH_BOX_ROWS + (reason == "duplicate_box")
+    text = check.summary()
+    shown = {"unparseable_name": "holiday_photo.png", "wrong_camera": thermal_name}.get(reason, original)
+    if reason in row_problems:  # summed as invalid_box, each example line names its kind
+        assert "invalid_box 1" in text and f"{shown}#" in text and f") {reason}" in text, text
+    else:
+        assert f"{reason} 1" in text and shown in text, text
