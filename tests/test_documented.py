@@ -380,3 +380,37 @@ def test_from_predictions_rescores_a_changed_prediction_file(copy_run, capsys, c
     for key in new.index:  # every other row as before
         if key != ("metadata+depth_rgb", 0) and ":" not in key[0]:
             assert new.loc[key, "qwk"] == pytest.approx(old.loc[key, "qwk"], abs=1e-12), key
+
+
+def test_from_models_rewrites_predictions_results_and_summary(copy_run, capsys, cpu_strategy, restore_sigterm):
+    """--resume_mode from_models: predictions recomputed from the saved bundles, then results.csv and summary.csv
+    written again from them (here both were deleted, and one prediction file with them)."""
+    import yaml
+
+    from tests.harness import FAST, rescored_from_predictions
+
+    first_results = pd.read_csv(copy_run / "results.csv")
+    first_summary = pd.read_csv(copy_run / "summary.csv")
+    victim = copy_run / "predictions" / "metadata+depth_rgb" / "fold_0.csv"
+    before = pd.read_csv(victim)
+    for p in (copy_run / "results.csv", copy_run / "summary.csv", victim):
+        p.unlink()
+    data_dir = yaml.safe_load((copy_run / "config.yaml").read_text())["data"]["data_dir"]
+    rc = cli.main(["--mode", "search", "--config", DEMO, "--data_dir", data_dir, "--cv_folds", "2",
+                   "--run_name", copy_run.name, "--set", f"runtime.logs_dir={copy_run.parent}",
+                   "--set", "data.demo=false", *FAST, "--combinations", "metadata+depth_rgb",
+                   "--resume_mode", "from_models"])
+    err = capsys.readouterr().err
+    assert rc == 0, err[-3000:]
+    assert "epoch 1/" not in err  # nothing trained
+    after = pd.read_csv(victim)
+    pd.testing.assert_frame_equal(before, after, atol=1e-5)
+    results, summary = pd.read_csv(copy_run / "results.csv"), pd.read_csv(copy_run / "summary.csv")
+    assert sorted(zip(results.combination, results.fold)) == sorted(zip(first_results.combination, first_results.fold))
+    for row in results[~results.combination.str.contains(":")].itertuples():
+        want = rescored_from_predictions(copy_run, row.combination, row.fold)
+        assert abs(row.qwk - want["qwk"]) < 1e-5 and abs(row.visit_qwk - want["visit_qwk"]) < 1e-5, row
+    merged = summary.merge(first_summary, on="combination", suffixes=("", "_first"))
+    assert len(merged) == len(first_summary)
+    np.testing.assert_allclose(merged["qwk_mean"], merged["qwk_mean_first"], atol=1e-5)
+    np.testing.assert_allclose(merged["visit_qwk_mean"], merged["visit_qwk_mean_first"], atol=1e-5)
