@@ -204,16 +204,16 @@ def _stage_folder(folder: Path, done_json: str, npz: bytes | None = None) -> Pat
     ('{"best_epoch": 2}', b"PK\x03\x04 cut", "final.npz: BadZipFile"),
 ])
 def test_damaged_pretraining_cache_entry_is_moved_aside_not_trusted(tmp_path, caplog, done_json, npz, fragment):
+    from medfusion.jobs import set_aside_if_damaged
     from medfusion.runs import stage_folder_problem
-    from medfusion.search import Search
 
     cache = tmp_path / "logs" / PRETRAIN_CACHE_DIR
     good = _stage_folder(cache / "aaaaaaaaaaaaaaaa", '{"best_epoch": 2}')
     bad = _stage_folder(cache / "bbbbbbbbbbbbbbbb", done_json, npz)
     assert stage_folder_problem(good) is None and fragment in stage_folder_problem(bad)
     with caplog.at_level("WARNING", logger="medfusion"):
-        Search._set_aside_if_damaged(good, "pre-training cache entry")
-        Search._set_aside_if_damaged(bad, "pre-training cache entry")
+        set_aside_if_damaged(good, "pre-training cache entry")
+        set_aside_if_damaged(bad, "pre-training cache entry")
     assert good.is_dir() and not bad.exists()
     aside = [p for p in cache.iterdir() if p.name.startswith("bbbbbbbbbbbbbbbb.damaged-")]
     assert len(aside) == 1 and (aside[0] / "done.json").read_text() == done_json  # kept, not deleted
@@ -221,6 +221,7 @@ def test_damaged_pretraining_cache_entry_is_moved_aside_not_trusted(tmp_path, ca
 
 
 def test_rescoring_from_an_edited_prediction_file_names_it(tmp_path):
+    from medfusion.recompute import rescore_from_predictions
     from medfusion.search import Search
 
     cfg = load_config(DEMO, {"runtime.logs_dir": str(tmp_path / "logs"), "runtime.run_name": "r",
@@ -236,7 +237,7 @@ def test_rescoring_from_an_edited_prediction_file_names_it(tmp_path):
     search.state.mark_done("metadata", 0, ["predictions/metadata/fold_0.csv", "jobs/metadata/fold_0.json"])
     pred.write_text("sample_id,patient,y_true\nP001001AMW_1,1,0\n")  # edited by hand afterwards
     with pytest.raises(RunFolderError) as exc:
-        search.rescore_from_predictions()
+        rescore_from_predictions(search)
     msg = str(exc.value)
     assert "predictions/metadata/fold_0.csv does not match its recorded checksum" in msg
     assert "--resume_mode auto" in msg and "--resume_mode fresh" in msg
