@@ -22,7 +22,8 @@ def test_same_seed_same_bytes(tmp_path):
                "--set", f"runtime.logs_dir={tmp_path / name}", "--combinations", "metadata+thermal_map",
                "--deterministic", "--set", "data.image_size=16", "--set", "train.pretrain.epochs=2",
                "--set", "train.stage1.epochs=2", "--set", "train.stage2.epochs=1", "--set", "forest.n_estimators=20"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        env = dict(__import__("os").environ, TF_ENABLE_ONEDNN_OPTS="0")  # bit-exact: oneDNN off, explicitly
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
         assert proc.returncode == 0, proc.stderr[-2000:]
         runs.append(tmp_path / name / "det")
     a, b = runs

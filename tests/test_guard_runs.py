@@ -50,7 +50,7 @@ def test_missing_data_dir_is_an_error_even_with_the_demo_config(tmp_path, capsys
 def test_data_dir_that_is_a_file_is_named(tmp_path, capsys):
     f = tmp_path / "metadata.csv"
     f.write_text("x\n")
-    assert cli.main(["--mode", "check_data", "--data_dir", str(f)]) == 2
+    assert cli.main(["--mode", "check_data", "--config", DEMO, "--data_dir", str(f)]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
 
 

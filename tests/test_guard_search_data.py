@@ -72,7 +72,13 @@ def _snapshot(folder: Path) -> dict:
 
 
 @pytest.mark.parametrize("damage,fragments", CASES, ids=[c[0].__name__.strip("_") for c in CASES])
-def test_search_on_a_corrupting_dataset_stops_before_any_run_folder(tmp_path, capsys, damage, fragments):
+def test_search_on_a_corrupting_dataset_stops_before_any_run_folder(tmp_path, capsys, monkeypatch, damage, fragments):
+    import tensorflow as tf
+
+    from medfusion.training import devices
+
+    # in-process, TensorFlow has started: the real set-up would change visible devices (an error on a GPU machine)
+    monkeypatch.setattr(devices, "configure_strategy", lambda rt: tf.distribute.OneDeviceStrategy("/cpu:0"))
     root = _dataset(tmp_path)
     damage(root)
     logs = tmp_path / "logs"

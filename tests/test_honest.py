@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from medfusion.data.synthetic import generate_demo
-from tests.harness import bundle_weights, relabel_patients, run_search
+from tests.harness import DETERMINISTIC_ENV, bundle_weights, relabel_patients, run_search
 
 COMBOS = ("metadata", "depth_rgb", "metadata+depth_rgb")
 
@@ -50,11 +50,11 @@ def _relabelled_pair(tmp_path, data, selection):
     extra = ["--combinations", "metadata+depth_rgb", "--deterministic", "--selection", selection,
              "--set", "train.decision=ordinal_thresholds", "--set", "train.pretrain.epochs=4",
              "--set", "train.stage1.epochs=4"]
-    a, _ = run_search(tmp_path / "a", data, *extra)
+    a, _ = run_search(tmp_path / "a", data, *extra, env=DETERMINISTIC_ENV)
     folds = json.loads((a / "folds.json").read_text())
     val0 = pd.read_csv(a / "predictions" / "metadata" / "fold_0.csv")
     relabelled = relabel_patients(data, tmp_path / "relabelled", set(val0["patient"]))
-    b, _ = run_search(tmp_path / "b", relabelled, *extra, "--folds", str(a / "folds.json"))
+    b, _ = run_search(tmp_path / "b", relabelled, *extra, "--folds", str(a / "folds.json"), env=DETERMINISTIC_ENV)
     assert json.loads((b / "folds.json").read_text()) == folds
     yb = pd.read_csv(b / "predictions" / "metadata" / "fold_0.csv")
     assert (yb["y_true"] != val0["y_true"]).all()  # every fold-0 validation label moved

@@ -34,7 +34,7 @@ def dataset(tmp_path_factory):
 
 
 def search(logs, data, run="r", *extra, crash=None, expect=0):
-    env = dict(os.environ)
+    env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="0")  # bit-exact comparisons: oneDNN off, explicitly
     env.pop("MEDFUSION_CRASH_AT", None)
     if crash:
         env["MEDFUSION_CRASH_AT"] = crash

@@ -8,6 +8,7 @@ import pytest
 from medfusion import cli
 from medfusion.config import load_config
 from medfusion.data.check import check_dataset
+from tests.harness import ROOT
 from tests.data.test_guard_columns import AGES, LABELS, N, _base, _layout, _load
 
 
@@ -137,7 +138,8 @@ def test_frames_in_a_subfolder_are_diagnosed(tmp_path):
 def test_bad_command_lines_are_refused_before_anything_is_written(tmp_path, capsys, args, fragment):
     root = _layout(tmp_path, *_base())
     logs = tmp_path / "logs"
-    rc = cli.main(["--mode", "check_data", "--data_dir", str(root), "--set", f"runtime.logs_dir={logs}", *args])
+    rc = cli.main(["--mode", "check_data", "--config", str(ROOT / "configs" / "default.yaml"), "--data_dir", str(root),
+                   "--set", f"runtime.logs_dir={logs}", *args])
     assert rc == 2 and fragment in capsys.readouterr().err
     assert not logs.exists()
 
