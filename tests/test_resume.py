@@ -57,8 +57,9 @@ def test_sigkill_at_many_moments_then_resume_matches_uninterrupted(tmp_path, dat
     reference = tmp_path / "ref"
     search(reference, dataset)
     crashed = tmp_path / "crash"
+    # after the first Stage 2 epoch; between a checkpoint's arrays and its json (the next stage's 2nd epoch);
     # pretrain epoch 2; Stage 1 epoch 2 (pretrain has 3 epochs); between jobs; mid-write of results.csv
-    for point in ("epoch:2", "epoch:2", "job_done:2", "write:results.csv:2"):
+    for point in ("epoch_stage2:1", "checkpoint_write:2", "epoch:2", "epoch:2", "job_done:2", "write:results.csv:2"):
         search(crashed, dataset, crash=point)
         assert (crashed / "r" / "config.yaml").is_file()
     search(crashed, dataset)  # --resume_mode auto is the default

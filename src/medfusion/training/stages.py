@@ -223,6 +223,7 @@ class SaveProgress(keras.callbacks.Callback):
                 "stopped": bool(self.model.stop_training), "seconds": time.time() - self.t0}
         self.checkpoint.save_progress(self.model, info, self.best.best_weights)
         crash_point("epoch")
+        crash_point(f"epoch_{self.checkpoint.folder.name}")  # e.g. epoch_stage2: after a Stage 2 epoch
 
 
 def predict(model: keras.Model, inputs: dict, batch: int, replicas: int = 1) -> np.ndarray:
