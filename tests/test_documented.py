@@ -252,7 +252,10 @@ def test_ctrl_c_during_training_exits_130_with_the_resume_command(tmp_path, tiny
 
     cmd = search_command(tmp_path / "logs", tiny_data, "--combinations", "depth_rgb", run_name="ctrl_c")
     out, err = open(tmp_path / "stdout", "w"), open(tmp_path / "stderr", "w")
-    proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=HARNESS_ROOT)
+    # a shell that starts this suite in the background hands SIGINT down as ignored, and Python then keeps it
+    # ignored: restore the default so the child behaves as a search started from a terminal
+    proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=HARNESS_ROOT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 300
         while "epoch 1/" not in (tmp_path / "stderr").read_text() and proc.poll() is None and time.time() < deadline:

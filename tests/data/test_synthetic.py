@@ -37,7 +37,7 @@ def _qwk(oracle, prefix=""):
 def test_oracle_acceptance_default_demo(demo):
     _check_oracle(*demo)
     man = load_dfu(demo[0], DataConfig())
-    assert 60 <= man.report["n_patients"] <= 100
+    assert 100 <= man.report["n_patients"] <= 120  # every generated patient, less the few left without a view
     frac = np.bincount(man.labels, minlength=3) / len(man)  # near the real balance I 31%, P 56%, R 13%
     assert abs(frac[0] - 0.31) < 0.08 and abs(frac[1] - 0.56) < 0.08 and abs(frac[2] - 0.13) < 0.06
 
