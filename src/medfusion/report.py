@@ -88,7 +88,7 @@ def plot_summary(run, path: Path) -> bool:
     combos = summary["combination"].tolist()
     fig, ax = plt.subplots(figsize=(8, 0.55 * len(combos) + 1.6))
     y = np.arange(len(combos))
-    colors = ["tab:green" if "+" in c else "tab:gray" for c in combos]
+    colors = ["tab:blue" if ":" in c else "tab:green" if "+" in c else "tab:gray" for c in combos]
     ax.barh(y, summary["qwk_mean"], xerr=summary["qwk_std"].fillna(0), color=colors, alpha=0.6,
             error_kw={"capsize": 4, "elinewidth": 1.2}, height=0.6)
     for i, combo in enumerate(combos):
@@ -106,8 +106,9 @@ def plot_summary(run, path: Path) -> bool:
     ax.set_yticks(y, combos, fontsize=9)
     lo = min(0.0, np.nanmin([_qwk(j) for j in run.jobs] + [0.0]) - 0.05)
     ax.set_xlim(lo, 1.0)
-    ax.set_xlabel("validation QWK (bar: mean ± sample std over folds; dots: folds)")
-    ax.set_title("QWK per combination (green: fusion, grey: single modality)", fontsize=10)
+    ax.set_xlabel("validation QWK per view (bar: mean ± sample std over folds; dots: folds)")
+    ax.set_title("QWK per combination (green: learned fusion, blue: late-fusion baseline, grey: single modality)",
+                 fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     _save(fig, path)
@@ -274,13 +275,19 @@ def plot_fusion_weight(run, path: Path) -> bool:
                 b2 = s2.get("best_epoch")
                 if job.get("stage2_kept") and b2 and 1 <= b2 <= len(w2):
                     ax.plot([len(w1) + b2], [w2[b2 - 1]], "*", color=color, ms=10, mec="black", mew=0.5)
+            fitted = job.get("fusion_rf_weight") or {}
+            if fitted.get("method") == "selection_log_loss":  # the value the model keeps, fit after training
+                end = len(w1) + len(w2) + 1
+                ax.plot([end], [_float(fitted.get("end"))], "D", color=color, ms=7, mec="black", mew=0.6)
         ax.set_title(combo.replace("+", " + "), fontsize=9)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch (0 = start; solid stage1, dashed stage2, | stage2 starts, * weights kept)", fontsize=8)
+        ax.set_xlabel("epoch", fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel("forest weight s(k w)")
-    fig.suptitle("Fusion layer: weight of the metadata forest over epochs", fontsize=10)
+    fig.suptitle("Fusion layer: weight of the metadata forest over epochs\n(0 = start; solid stage1, dashed stage2, "
+                 "| stage2 starts, * weights kept; diamond: the value fit on the selection patients, which the "
+                 "model keeps)", fontsize=9)
     fig.tight_layout()
     _save(fig, path)
     return True
