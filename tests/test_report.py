@@ -32,7 +32,7 @@ def test_plots_and_report_written_and_every_plot_linked(tmp_path):
     plots = sorted((run / "plots").glob("*.png"))
     names = {p.name for p in plots}
     assert names == {"summary_qwk.png", "confusion.png", "fusion_weight.png", "curves_depth_rgb.png",
-                     "curves_metadata+depth_rgb.png"}
+                     "curves_metadata+depth_rgb.png", "reliability.png"}
     for p in plots:
         _png_ok(p)
     text = (run / "report.md").read_text()
@@ -79,8 +79,9 @@ def test_three_modality_run_and_metadata_only_run(tmp_path):
 
     meta = write_run(tmp_path / "meta", [job_record("metadata", k, 0.4) for k in range(2)])
     run_review(meta)
-    assert {p.name for p in (meta / "plots").glob("*.png")} == {"summary_qwk.png", "confusion.png"}
-    assert _links((meta / "report.md").read_text()) == {"plots/summary_qwk.png", "plots/confusion.png"}
+    want = {"summary_qwk.png", "confusion.png", "reliability.png"}
+    assert {p.name for p in (meta / "plots").glob("*.png")} == want
+    assert _links((meta / "report.md").read_text()) == {f"plots/{n}" for n in want}
 
 
 def test_stale_plot_from_an_earlier_review_is_still_linked(tmp_path):

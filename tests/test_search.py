@@ -99,6 +99,14 @@ def _check_run_folder(run, combos, data_dir, folds=2):
         assert abs(r.qwk_mean - g["qwk"].mean()[r.combination]) < 1e-5
         assert abs(r.qwk_std - g["qwk"].std(ddof=1)[r.combination]) < 1e-5
         assert r.visit_qwk_ci_low <= r.visit_qwk_pooled <= r.visit_qwk_ci_high
+    calibration = pd.read_csv(run / "calibration.csv")  # pooled out-of-fold, per view and per visit
+    assert set(calibration["unit"]) == {"view", "visit"} and set(combos) <= set(calibration["combination"])
+    view = calibration[calibration["unit"] == "view"].set_index("combination")
+    for c in combos:
+        pooled = pd.concat([pd.read_csv(run / "predictions" / c / f"fold_{k}.csv") for k in range(folds)])
+        assert view.loc[c, "n"] == len(pooled)
+        correct = (pooled[["p_I", "p_P", "p_R"]].to_numpy().argmax(1) == pooled["y_true"].to_numpy()).mean()
+        assert abs(view.loc[c, "accuracy"] - correct) < 1e-5  # the CSV keeps 6 decimals
     comparisons = pd.read_csv(run / "comparisons.csv")
     assert list(comparisons.columns) == COMPARISON_COLUMNS
     assert set(comparisons["combination"]) == {c for c in combos if "+" in c} | set(late)

@@ -35,6 +35,12 @@ PRETRAIN_STYLES = ("-", "--", ":", "-.")
 SEVERITY_MARK = {"error": "**error**", "warning": "warning", "info": "info"}
 
 
+def plot_reliability(run, path: Path, pyplot, save) -> bool:
+    from medfusion.plots_calibration import plot_reliability as plot
+
+    return plot(run, path, pyplot, save)
+
+
 def _pyplot():
     import matplotlib
 
@@ -313,7 +319,8 @@ def write_plots(run, log: logging.Logger) -> tuple[list[tuple[str, str]], list[s
     plots_dir.mkdir(parents=True, exist_ok=True)
     tasks = [("QWK per combination", "summary_qwk.png", lambda p: plot_summary(run, p)),
              ("Confusion matrices (summed over folds)", "confusion.png", lambda p: plot_confusion(run, p)),
-             ("Fusion weight over epochs", "fusion_weight.png", lambda p: plot_fusion_weight(run, p))]
+             ("Fusion weight over epochs", "fusion_weight.png", lambda p: plot_fusion_weight(run, p)),
+             ("Reliability (calibration)", "reliability.png", lambda p: plot_reliability(run, p, _pyplot, _save))]
     for combo in run.combinations:
         if combo != "metadata":
             tasks.append((f"Learning curves: {combo}", plot_name(combo), lambda p, c=combo: plot_curves(run, c, p)))

@@ -31,6 +31,7 @@ from medfusion.data.folds import (check_fold_classes, check_folds, class_distrib
 from medfusion.data.manifest import Manifest
 from medfusion.evaluation.aggregate import compare, format_summary, pooled_by_combination, results_frame, row_from_job
 from medfusion.evaluation.aggregate import summarize
+from medfusion.evaluation.calibration import calibration_table
 from medfusion.evaluation.decisions import fit_decision
 from medfusion.evaluation.oracle import OracleReference
 from medfusion.evaluation.scoring import job_scores
@@ -213,7 +214,8 @@ class Search:
         if self.cfg.runtime.resume_mode == "from_predictions":
             rescore_from_predictions(self)
         late_rows: list[dict] = []
-        visits = pooled_by_combination(self.fold_predictions(late_rows))
+        predictions = self.fold_predictions(late_rows)
+        visits = pooled_by_combination(predictions)
         results = results_frame(self.result_rows() + late_rows)
         s = self.cfg.search
         summary = summarize(results, visits, s.bootstrap_resamples, s.seed)
@@ -221,6 +223,7 @@ class Search:
         atomic_write_csv(self.run_dir / "results.csv", results)
         atomic_write_csv(self.run_dir / "summary.csv", summary)
         atomic_write_csv(self.run_dir / "comparisons.csv", comparisons)
+        atomic_write_csv(self.run_dir / "calibration.csv", calibration_table(predictions))
         if s.selection == "outer":
             log.warning("search.selection is 'outer': epochs, Stage 2, the fusion weight and the decision rule were "
                         "chosen on the reported folds, so these scores are optimistic (the reference study's "
