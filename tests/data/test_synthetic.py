@@ -1,3 +1,4 @@
+import json
 import time
 
 import numpy as np
@@ -173,3 +174,20 @@ def test_deterministic_and_ensure_does_not_overwrite(tmp_path):
     with pytest.raises(FileExistsError):
         generate_demo(b)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left
+
+
+def test_an_older_demo_folder_is_used_with_a_warning_never_overwritten(tmp_path, caplog):
+    from medfusion.data.synthetic import DEMO_STAMP, ensure_demo
+
+    root = generate_demo(tmp_path / "demo", seed=4, n_patients=10)
+    assert json.loads((root / DEMO_STAMP).read_text())["n_patients"] == 10
+    with caplog.at_level("INFO", logger="medfusion.data.synthetic"):
+        ensure_demo(root, seed=4, n_patients=10)
+    assert "not regenerated" in caplog.text and "older medfusion" not in caplog.text
+    (root / DEMO_STAMP).unlink()  # as a folder made before the stamp existed
+    before = (root / "metadata.csv").read_bytes()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="medfusion.data.synthetic"):
+        ensure_demo(root, seed=4, n_patients=120)
+    assert "older medfusion (no demo.json)" in caplog.text and "delete the folder to regenerate it" in caplog.text
+    assert (root / "metadata.csv").read_bytes() == before  # used as it is

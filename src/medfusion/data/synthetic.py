@@ -32,6 +32,7 @@ its sample ids and depth->thermal frame matching are exactly the loader's.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -509,6 +510,11 @@ def _write_oracle(root: Path, latents: dict) -> pd.DataFrame:
     return out
 
 
+# bump when the generated data changes: 2 = frames in physical units varying like real ones (2026-12)
+DEMO_GENERATOR = 2
+DEMO_STAMP = "demo.json"
+
+
 def generate_demo(out_dir, seed: int = 7, n_patients: int = 120, log: logging.Logger | None = None) -> Path:
     """Write the demo dataset (DATA_FORMAT.md layout + oracle.csv) into out_dir, atomically.
 
@@ -519,13 +525,14 @@ def generate_demo(out_dir, seed: int = 7, n_patients: int = 120, log: logging.Lo
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{str(out)!r} exists and is not empty; the demo dataset is only generated into "
-                              "a new or empty folder (delete it or choose another data.data_dir)")
+                              "a new or empty folder (delete it, or set data.demo_dir to another folder)")
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         latents = _generate_into(tmp, seed, n_patients, log)
         _write_oracle(tmp, latents)
+        (tmp / DEMO_STAMP).write_text(json.dumps(_demo_stamp(seed, n_patients)) + "\n", encoding="utf-8")
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
@@ -538,12 +545,30 @@ def generate_demo(out_dir, seed: int = 7, n_patients: int = 120, log: logging.Lo
     return out
 
 
+def _demo_stamp(seed: int, n_patients: int) -> dict:
+    return {"generator": DEMO_GENERATOR, "seed": int(seed), "n_patients": int(n_patients)}
+
+
 def ensure_demo(out_dir, seed: int = 7, n_patients: int = 120, log: logging.Logger | None = None) -> Path:
-    """Generate the demo into out_dir only when out_dir/metadata.csv is missing; never overwrites."""
+    """Generate the demo into out_dir only when out_dir/metadata.csv is missing; never overwrites.
+
+    A folder made by another generator version or with other settings (an older checkout's demo) is
+    used as it is, with a warning that says how to get the current one.
+    """
     log = log or logging.getLogger("medfusion.data.synthetic")
     out = Path(out_dir)
     if (out / "metadata.csv").is_file():
-        log.info("demo dataset found at %s (not regenerated)", out)
+        try:
+            found = json.loads((out / DEMO_STAMP).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            found = None
+        if found != _demo_stamp(seed, n_patients):
+            log.warning("demo dataset at %s was made %s, not by this medfusion's demo generator %s: it is used as it "
+                        "is and its scores will differ from docs/benchmarks.md; delete the folder to regenerate it",
+                        out, f"with {found}" if found else "by an older medfusion (no demo.json)",
+                        _demo_stamp(seed, n_patients))
+        else:
+            log.info("demo dataset found at %s (not regenerated)", out)
         return out
     log.info("generating the demo dataset into %s (seed %d, %d patients)", out, seed, n_patients)
     return generate_demo(out, seed=seed, n_patients=n_patients, log=log)
