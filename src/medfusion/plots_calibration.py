@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from medfusion.evaluation.calibration import expected_calibration_error, reliability
+from medfusion.evaluation.late_fusion import name_of_folder
 from medfusion.evaluation.visits import PROBA_COLUMNS
 
 
@@ -18,8 +19,7 @@ def pooled_predictions(run_dir: Path) -> dict[str, pd.DataFrame]:
         frames = [pd.read_csv(p) for p in sorted(folder.glob("fold_*.csv"))]
         frames = [f for f in frames if set(PROBA_COLUMNS + ["y_true"]) <= set(f.columns)]
         if frames:
-            out[folder.name.replace("-", ":", 1) if folder.name.startswith(("late_mean-", "ensemble-"))
-                else folder.name] = pd.concat(frames, ignore_index=True)
+            out[name_of_folder(folder.name)] = pd.concat(frames, ignore_index=True)
     return out
 
 

@@ -19,10 +19,10 @@ import pandas as pd
 from medfusion.bundles import BundleError, bundle_dir, load_bundle
 from medfusion.constants import CLASSES, image_modalities_of
 from medfusion.evaluation.decisions import decide
+from medfusion.evaluation.late_fusion import is_late_fusion
 from medfusion.evaluation.visits import PROBA_COLUMNS, visit_table
 
 log = logging.getLogger("medfusion")
-BASELINE_PREFIXES = ("late_mean", "ensemble")  # summary rows without bundles of their own
 
 
 def choose_combination(run_dir: Path, requested: str | None = None) -> str:
@@ -34,7 +34,7 @@ def choose_combination(run_dir: Path, requested: str | None = None) -> str:
         raise FileNotFoundError(f"{str(path)!r} not found: the run has not finished; finish it first "
                                 "(python main.py --mode search --run_name NAME continues it)")
     summary = read_run_csv(path)
-    trained = summary[~summary["combination"].astype(str).str.startswith(BASELINE_PREFIXES)]
+    trained = summary[~summary["combination"].astype(str).map(is_late_fusion)]  # baselines have no bundles
     if requested:
         if requested not in set(trained["combination"]):
             raise ValueError(f"combination {requested!r} is not among the run's trained combinations: "

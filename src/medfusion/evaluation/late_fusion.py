@@ -34,6 +34,12 @@ def folder_name(name: str) -> str:
     return name.replace(":", "-")
 
 
+def name_of_folder(folder: str) -> str:
+    """The row name a predictions/ folder holds (the inverse of folder_name)."""
+    return folder.replace("-", ":", 1) if folder.startswith((LATE_MEAN + "-", folder_name(ENSEMBLE_METADATA))) \
+        else folder
+
+
 def late_fusion_plan(combinations) -> dict[str, list[str]]:
     """Late-fusion name -> the combinations whose probabilities it averages, for a search's combinations.
 
