@@ -150,6 +150,9 @@ class TrainConfig:
     # layers. There is deliberately no value meaning "never": to skip Stage 2 set stage2.epochs: 0.
     unfreeze: str = "all"
     decision: str = "argmax"  # argmax | ordinal_thresholds (two cut points fit on the selection split)
+    # none | temperature: one temperature fit on the selection split's probabilities (log loss), applied to
+    # the selection and validation probabilities before the decision rule (evaluation/calibration.calibrate_job)
+    calibrate: str = "none"
 
 
 @dataclass(frozen=True)
@@ -459,6 +462,7 @@ def validate(cfg: Config) -> None:
            "an existing JSON file (sample_id -> fold or patient -> fold)")
     _check(t.decision in ("argmax", "ordinal_thresholds"), "train.decision", t.decision,
            "argmax or ordinal_thresholds")
+    _check(t.calibrate in ("none", "temperature"), "train.calibrate", t.calibrate, "none or temperature")
     _check(0 <= s.seed < 2**32, "search.seed", s.seed, "must be in [0, 2**32)")
     _check(0 < s.data_percentage <= 100, "search.data_percentage", s.data_percentage, "must be in (0, 100]")
     _check(r.device_mode in ("cpu", "single", "multi", "custom"), "runtime.device_mode", r.device_mode,
