@@ -21,10 +21,13 @@ from medfusion.constants import (DEFAULT_LABEL_COLUMN, IMAGE_MODALITIES, LEAKY_C
 
 
 RESUME_MODES = ("auto", "fresh", "from_models", "from_predictions")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")  # runtime.precision (training/precision.py)
+JIT_MODES = ("auto", "true", "false")  # runtime.jit_compile
 # Keys that may differ between a run and its resumption: they do not change what is computed.
 NON_RESULT_KEYS = frozenset({"data.demo_dir", "data.labels_required", "runtime.run_name", "runtime.logs_dir", "runtime.device_mode", "runtime.gpus",
                              "runtime.cpu_replicas", "runtime.verbosity", "runtime.resume_mode",
-                             "runtime.deterministic"})
+                             "runtime.deterministic", "train.checkpoint_every"})
+# runtime.precision and runtime.jit_compile ARE result-affecting: float16 and XLA's fused ops change the numbers
 
 
 class ConfigError(ValueError):
@@ -150,6 +153,7 @@ class TrainConfig:
     # layers. There is deliberately no value meaning "never": to skip Stage 2 set stage2.epochs: 0.
     unfreeze: str = "all"
     decision: str = "argmax"  # argmax | ordinal_thresholds (two cut points fit on the selection split)
+    checkpoint_every: int = 1  # per-epoch stage checkpoints every N epochs (and after the last); resume from the last
     # none | temperature: one temperature fit on the selection split's probabilities (log loss), applied to
     # the selection and validation probabilities before the decision rule (evaluation/calibration.calibrate_job)
     calibrate: str = "none"
@@ -184,6 +188,10 @@ class RuntimeConfig:
     verbosity: int = 1
     resume_mode: str = "auto"  # auto | fresh | from_models | from_predictions
     deterministic: bool = False  # TensorFlow op determinism (slower); seeds are always set
+    # Keras dtype policy (training/precision.py): auto = mixed_float16 on a GPU of compute capability >= 7.0, else
+    # float32; softmax outputs, the fusion layer and the loss stay float32 in every policy
+    precision: str = "auto"  # auto | float32 | mixed_float16 | mixed_bfloat16
+    jit_compile: str = "auto"  # auto | true | false: XLA, passed to compile (auto: on with a GPU, off on CPU)
 
 
 @dataclass(frozen=True)
@@ -473,6 +481,9 @@ def validate(cfg: Config) -> None:
     _check(r.cpu_replicas >= 1, "runtime.cpu_replicas", r.cpu_replicas, "must be >= 1")
     _check(0 <= r.verbosity <= 3, "runtime.verbosity", r.verbosity, "must be 0-3")
     _check(r.resume_mode in RESUME_MODES, "runtime.resume_mode", r.resume_mode, f"one of {', '.join(RESUME_MODES)}")
+    _check(str(r.precision).lower() in PRECISIONS, "runtime.precision", r.precision, f"one of {', '.join(PRECISIONS)}")
+    _check(str(r.jit_compile).lower() in JIT_MODES, "runtime.jit_compile", r.jit_compile, f"one of {', '.join(JIT_MODES)}")
+    _check(t.checkpoint_every >= 1, "train.checkpoint_every", t.checkpoint_every, "must be >= 1 (epochs between checkpoints)")
     _check_run_name(r.run_name)
 
 
