@@ -14,6 +14,10 @@ from keras import ops
 from medfusion.constants import NUM_CLASSES, parse_combination
 from medfusion.models.branches import build_image_branch
 
+# softmax outputs and the fusion layer compute in float32 under every dtype policy (training/precision.py):
+# float16 probabilities lose the small class probabilities the focal loss and the log loss read
+OUTPUT_DTYPE = "float32"
+
 
 @keras.saving.register_keras_serializable(package="medfusion")
 class LearnableFusionWeights(keras.layers.Layer):
@@ -78,7 +82,7 @@ def build_pretrain_model(modality: str, model_cfg, image_size: int) -> keras.Mod
     one that is not transferred.
     """
     inp, feats = build_image_branch(modality, model_cfg, image_size)
-    out = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="output")(feats)
+    out = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="output", dtype=OUTPUT_DTYPE)(feats)
     return keras.Model(inputs={modality: inp}, outputs=out, name=f"pretrain_{modality}")
 
 
@@ -105,15 +109,16 @@ def build_fusion_model(combination: str, model_cfg, image_size: int) -> keras.Mo
     x = feats[0] if len(feats) == 1 else keras.layers.Concatenate(name="image_concat")(feats)
     if "metadata" in modalities:
         meta = keras.Input((NUM_CLASSES,), name="metadata")
-        p_img = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="image_classifier")(x)
+        p_img = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="image_classifier", dtype=OUTPUT_DTYPE)(x)
         out = LearnableFusionWeights(
             init_rf_weight=model_cfg.fusion_init_rf_weight,
             logit_scale=model_cfg.fusion_logit_scale,
             name="fusion",
+            dtype=OUTPUT_DTYPE,
         )([meta, p_img])
         inputs = {"metadata": meta, **inputs}
     else:
-        out = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="output")(x)
+        out = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="output", dtype=OUTPUT_DTYPE)(x)
     return keras.Model(inputs=inputs, outputs=out, name="fusion_" + "_".join(modalities))
 
 
