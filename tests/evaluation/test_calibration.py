@@ -2,7 +2,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medfusion.evaluation.calibration import calibration_table, expected_calibration_error, reliability
+from scipy.special import softmax
+from sklearn.metrics import log_loss as sk_log_loss
+
+from medfusion.evaluation.calibration import (apply_temperature, calibrate_job, calibration_table,
+                                             expected_calibration_error, fit_temperature, reliability)
 
 
 def test_ece_equals_a_hand_computation():
@@ -30,3 +34,52 @@ def test_calibration_table_per_view_and_visit():
     assert t.loc["view", "n"] == 3 and t.loc["visit", "n"] == 2
     # visits: V1 mean conf 0.7 correct, V2 conf 0.7 correct -> both in bin (0.6, 0.7], accuracy 1 -> ECE 0.3
     assert t.loc["visit", "ece"] == pytest.approx(0.3, abs=1e-12)
+
+
+def _tempered_sample(t_true, n=4000, seed=0):
+    """Labels drawn from softmax(z), probabilities reported as softmax(z * t_true): fitting must find t_true."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, 2.0, (n, 3))
+    y = np.array([rng.choice(3, p=p) for p in softmax(z, axis=1)])
+    return y, softmax(z * t_true, axis=1)
+
+
+@pytest.mark.parametrize("t_true", [0.5, 2.5])
+def test_temperature_recovers_a_known_temperature(t_true):
+    y, proba = _tempered_sample(t_true)
+    assert fit_temperature(y, proba) == pytest.approx(t_true, rel=0.08)
+
+
+def test_temperature_one_is_the_identity_and_argmax_is_kept():
+    y, proba = _tempered_sample(1.7, n=200, seed=1)
+    assert np.allclose(apply_temperature(proba, 1.0), proba, atol=1e-12)
+    assert (apply_temperature(proba, 3.0).argmax(1) == proba.argmax(1)).all()
+
+
+def test_none_returns_the_inputs_unchanged():
+    y, proba = _tempered_sample(2.0, n=50, seed=2)
+    p_sel, p_val = proba[:30], proba[30:]
+    sel, val, rec = calibrate_job("none", p_sel, y[:30], p_val)
+    assert sel is p_sel and val is p_val and rec == {"method": "none"}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_selection_log_loss_never_increases(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 60))
+    y, proba = rng.integers(0, 3, n), softmax(rng.normal(0, 3, (n, 3)), axis=1)  # arbitrary, often miscalibrated
+    sel, val, rec = calibrate_job("temperature", proba, y, proba[:3])
+    before = sk_log_loss(y, proba, labels=[0, 1, 2])  # sklearn as the independent reference
+    after = sk_log_loss(y, sel, labels=[0, 1, 2])
+    assert after <= before + 1e-12
+    assert rec["selection_log_loss_before"] == pytest.approx(before, rel=1e-9)
+    assert rec["selection_log_loss_after"] == pytest.approx(after, rel=1e-9)
+    assert np.allclose(val, apply_temperature(proba[:3], rec["temperature"]))
+
+
+def test_an_empty_selection_split_and_an_unknown_method_are_refused():
+    y, proba = _tempered_sample(2.0, n=30, seed=3)
+    with pytest.raises(ValueError, match="selection split is empty"):
+        calibrate_job("temperature", proba[:0], y[:0], proba)
+    with pytest.raises(ValueError, match="platt"):
+        calibrate_job("platt", proba, y, proba)

@@ -1,4 +1,4 @@
-"""Can the probabilities be trusted: expected calibration error and reliability tables.
+"""Can the probabilities be trusted: expected calibration error, reliability tables, temperature scaling.
 
 Confidence is the predicted class's probability, correctness whether that class is the true
 one; equal-width bins over [0, 1]. Computed on the pooled out-of-fold predictions, per view
@@ -52,3 +52,57 @@ def calibration_table(predictions: dict) -> pd.DataFrame:
                          "ece": expected_calibration_error(y, proba), "mean_confidence": float(proba.max(1).mean()),
                          "accuracy": float((proba.argmax(1) == y).mean())})
     return pd.DataFrame(rows, columns=CALIBRATION_COLUMNS)
+
+
+# ----------------------------------------------------------------------------- temperature scaling
+CALIBRATE_METHODS = ("none", "temperature")
+TEMPERATURE_BOUNDS = (0.05, 20.0)  # T far outside this is a broken model, not a calibration
+_EPS = 1e-12
+
+
+def apply_temperature(proba, temperature: float) -> np.ndarray:
+    """softmax(log(p) / T): T > 1 softens, T < 1 sharpens, T = 1 returns p (up to rounding); argmax unchanged."""
+    logits = np.log(np.clip(np.asarray(proba, dtype=np.float64), _EPS, 1.0)) / float(temperature)
+    logits -= logits.max(axis=1, keepdims=True)
+    e = np.exp(logits)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def log_loss(y_true, proba) -> float:
+    """Mean negative log probability of the true class (probabilities clipped at 1e-12)."""
+    p = np.asarray(proba, dtype=np.float64)[np.arange(len(y_true)), np.asarray(y_true, int)]
+    return float(-np.log(np.clip(p, _EPS, 1.0)).mean())
+
+
+def fit_temperature(y_true, proba) -> float:
+    """The T in TEMPERATURE_BOUNDS minimising the log loss of softmax(log(p) / T) (bounded scalar search)."""
+    from scipy.optimize import minimize_scalar
+
+    lo, hi = np.log(TEMPERATURE_BOUNDS)  # search log T: the loss is far better conditioned there
+    res = minimize_scalar(lambda u: log_loss(y_true, apply_temperature(proba, np.exp(u))), bounds=(lo, hi),
+                          method="bounded", options={"xatol": 1e-6})
+    t = float(np.exp(res.x))
+    # a bounded search can stop near, not at, the identity: never return a T that is worse than T = 1
+    return t if log_loss(y_true, apply_temperature(proba, t)) <= log_loss(y_true, proba) else 1.0
+
+
+def calibrate_job(calibrate: str, proba_sel, y_sel, proba_val):
+    """(proba_sel, proba_val, record): train.calibrate applied to one job's probabilities.
+
+    "none": the inputs unchanged and {"method": "none"}. "temperature": one T fit on the
+    selection split only (its labels are the only ones read), both tables rescaled by it, and
+    the record {"method", "temperature", "n_selection", "selection_log_loss_before", "..._after"}.
+    """
+    if calibrate not in CALIBRATE_METHODS:
+        raise ValueError(f"train.calibrate {calibrate!r} is not one of {', '.join(CALIBRATE_METHODS)}")
+    if calibrate == "none":
+        return proba_sel, proba_val, {"method": "none"}
+    y_sel = np.asarray(y_sel, int)
+    if len(y_sel) == 0:
+        raise ValueError("train.calibrate: temperature needs selection-split samples to fit T on; the selection "
+                         "split is empty (search.selection: outer has none; use train.calibrate: none there)")
+    t = fit_temperature(y_sel, proba_sel)
+    sel, val = apply_temperature(proba_sel, t), apply_temperature(proba_val, t)
+    record = {"method": "temperature", "temperature": t, "n_selection": int(len(y_sel)),
+              "selection_log_loss_before": log_loss(y_sel, proba_sel), "selection_log_loss_after": log_loss(y_sel, sel)}
+    return sel, val, record
