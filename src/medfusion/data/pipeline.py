@@ -53,7 +53,8 @@ def one_hot(labels: np.ndarray) -> np.ndarray:
 
 
 def _cast(features: dict) -> dict:
-    return {k: tf.cast(v, tf.float32) for k, v in features.items()}
+    """uint8 crops to float32; float inputs (probabilities, cached features of any float dtype) pass unchanged."""
+    return {k: v if v.dtype.is_floating else tf.cast(v, tf.float32) for k, v in features.items()}
 
 
 def _uniform(base, n, lo: float, hi: float, stream: int) -> tf.Tensor:
@@ -82,6 +83,34 @@ def _geometric(v: tf.Tensor, base, ops: tuple) -> tf.Tensor:
         interpolation="NEAREST", fill_mode="CONSTANT")
 
 
+def _flips(v: tf.Tensor, base) -> tf.Tensor:
+    """Left-right then up-down flips, each image's coin keyed by (seed, step) and its position in the batch
+    (the coins depend on the batch size only, never on the pixels: flip_codes reads them off a probe)."""
+    v = tf.image.stateless_random_flip_left_right(v, seed=base)
+    return tf.image.stateless_random_flip_up_down(v, seed=base + tf.constant([0, 1 << 40], tf.int64))
+
+
+# probe image whose top-left pixel after _flips is the flip code: 0 none, 1 left-right, 2 up-down, 3 both
+_FLIP_PROBE = np.array([[0, 1], [2, 3]], np.float32)[None, :, :, None]
+
+
+def flip_codes(seed: int, step, batch_size) -> tf.Tensor:
+    """The flip code (bit 0 left-right, bit 1 up-down) _augment gives each image of batch `step`.
+
+    The Stage 1 feature cache (training/feature_cache.py) uses it to pick each sample's precomputed
+    flip variant, so the cached stream sees exactly the flips of the uncached one.
+    """
+    base = tf.stack([tf.cast(seed, tf.int64), tf.cast(step, tf.int64)])
+    probe = tf.tile(tf.constant(_FLIP_PROBE), tf.stack([batch_size, 1, 1, 1]))
+    return tf.cast(_flips(probe, base)[:, 0, 0, 0], tf.int64)
+
+
+def flip_variant(images: np.ndarray, code: int) -> np.ndarray:
+    """`images` (N, H, W, C) as _flips leaves them for flip `code` (exact: a flip moves pixels, nothing else)."""
+    out = images[:, :, ::-1] if code & 1 else images
+    return out[:, ::-1] if code & 2 else out
+
+
 def _augment(features: dict, seed: int, step, ops: tuple = ("flip",)) -> dict:
     """Augmentations `ops` (train.augment) from stateless ops keyed by (seed, step): a resumed run sees
     the same ones. Flips use the first release's keys, so `augment: true` runs are unchanged."""
@@ -90,8 +119,7 @@ def _augment(features: dict, seed: int, step, ops: tuple = ("flip",)) -> dict:
         if v.shape.rank == 4:  # image batch
             base = tf.stack([tf.cast(seed, tf.int64), tf.cast(step, tf.int64)])
             if "flip" in ops:
-                v = tf.image.stateless_random_flip_left_right(v, seed=base)
-                v = tf.image.stateless_random_flip_up_down(v, seed=base + tf.constant([0, 1 << 40], tf.int64))
+                v = _flips(v, base)
             if {"rotate", "shift", "zoom"} & set(ops):
                 v = _geometric(v, base, ops)
         out[k] = v
@@ -120,19 +148,24 @@ def train_dataset(inputs: dict, labels: np.ndarray, plan: BatchPlan, seed: int, 
     interrupted one stopped. `augment`: train.augment, a list of config.AUGMENTATIONS (true = [flip]).
     """
     ops = augment_list(augment)
-    n, batch = plan.n_samples, plan.batch
     features = {k: tf.constant(v) for k, v in inputs.items()}
     targets = tf.constant(one_hot(labels))
-    first = start_step * batch  # position of the first sample in the endless stream
-    order = tf.data.Dataset.counter(first // n).flat_map(
-        lambda r: tf.data.Dataset.from_tensor_slices(_pass_order(n, seed, r)))
-    ds = order.skip(first % n).batch(batch).enumerate(start=start_step)
+    ds = batch_stream(plan, seed, start_step)
 
     def load(step, idx):
         x = _cast({k: tf.gather(v, idx) for k, v in features.items()})
         return (_augment(x, seed, step, ops) if ops else x), tf.gather(targets, idx)
 
     return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def batch_stream(plan: BatchPlan, seed: int, start_step: int = 0) -> tf.data.Dataset:
+    """(step, sample indices) of every training batch from `start_step` on: the stream train_dataset loads."""
+    n, batch = plan.n_samples, plan.batch
+    first = start_step * batch  # position of the first sample in the endless stream
+    order = tf.data.Dataset.counter(first // n).flat_map(
+        lambda r: tf.data.Dataset.from_tensor_slices(_pass_order(n, seed, r)))
+    return order.skip(first % n).batch(batch).enumerate(start=start_step)
 
 
 def eval_dataset(inputs: dict, labels: np.ndarray | None, batch: int, replicas: int = 1) -> tf.data.Dataset:

@@ -1,17 +1,23 @@
 """Per-stage checkpoints so an interrupted stage resumes from its last completed epoch.
 
-A stage folder holds `progress-<epoch>.npz` + `progress.json` (after every epoch: model variables,
-optimizer variables, the best-epoch weights, and the early-stopping state in the json, which names
-its arrays file and is written last, so a kill mid-write leaves the previous pair) and, once the
-stage has finished, `final.npz` + `done.json` (the weights the stage ended with and its
-StageResult). Variables are stored in model order with their shapes checked on load, so a
-checkpoint from a different architecture is refused instead of half-loaded. Model
-variables include Keras' seed-generator states, so dropout continues the same random
+A stage folder holds `progress-<epoch>.npz` + `progress.json` (every `train.checkpoint_every`
+epochs: the model variables that change in this stage, optimizer variables, the best-epoch
+values of what trains, and the early-stopping state in the json, which names its arrays file
+and is written last, so a kill mid-write leaves the previous pair) and, once the stage has
+finished, `final.npz` + `done.json` (every weight the stage ended with and its StageResult).
+
+Lean: a variable of a frozen layer (a Stage 1 backbone, BatchNorm in Stage 2) cannot change
+during the stage, so it is not written every epoch; a resume rebuilds it as the interrupted
+attempt did (transfer, the previous stage's final.npz) and `frozen_fingerprint` (stored in the
+json) refuses a resume whose frozen variables differ. Variables are stored in model order with
+their shapes checked on load, so a checkpoint from a different architecture is refused instead
+of half-loaded. They include Keras' seed-generator states, so dropout continues the same random
 stream after a resume.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -26,8 +32,11 @@ class CheckpointError(RuntimeError):
     pass
 
 
-def save_arrays(path: Path, groups: dict[str, list]) -> None:
-    """Write lists of arrays (one list per group name) atomically to an .npz file."""
+LEAN_FORMAT = 2  # progress.json "format": 2 = lean (only what changes); absent = every variable (older medfusion)
+
+
+def save_arrays(path: Path, groups: dict[str, list]) -> int:
+    """Write lists of arrays (one list per group name) atomically to an .npz file; returns its size in bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {}
     for group, arrays in groups.items():
@@ -37,11 +46,13 @@ def save_arrays(path: Path, groups: dict[str, list]) -> None:
     os.close(fd)
     try:
         np.savez(tmp, **payload)
+        size = os.path.getsize(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    return size
 
 
 def load_arrays(path: Path) -> dict[str, list]:
@@ -65,6 +76,34 @@ def assign(variables, arrays, what: str) -> None:
 
 def values(variables) -> list[np.ndarray]:
     return [np.array(v.numpy()) for v in variables]
+
+
+def _frozen_ids(model) -> set[int]:
+    """ids of the variables owned by frozen layers (a frozen layer's sublayers are frozen too in Keras 3)."""
+    return {id(v) for layer in model._flatten_layers(include_self=False) if not layer.trainable
+            for v in layer.variables}
+
+
+def changing_variables(model) -> list:
+    """The model's variables a stage can change: all but frozen layers' (seed-generator states included)."""
+    frozen = _frozen_ids(model)
+    return [v for v in model.variables if id(v) not in frozen]
+
+
+def changing_weights(model) -> list:
+    """As changing_variables, over model.weights (no seed states): what best-epoch restore keeps and sets."""
+    frozen = _frozen_ids(model)
+    return [v for v in model.weights if id(v) not in frozen]
+
+
+def frozen_fingerprint(model) -> str:
+    """SHA-256 over the variables a lean checkpoint leaves out, so a resume on other frozen values is refused."""
+    frozen = _frozen_ids(model)
+    h = hashlib.sha256()
+    for v in model.variables:
+        if id(v) in frozen:
+            h.update(np.ascontiguousarray(v.numpy()).tobytes())
+    return h.hexdigest()[:16]
 
 
 class StageCheckpoint:
@@ -98,27 +137,41 @@ class StageCheckpoint:
         info = json.loads(meta.read_text())
         return info if self._arrays_file(info).is_file() else None
 
-    def save_progress(self, model, info: dict, best_weights: list | None) -> None:
+    def save_progress(self, model, info: dict, best_weights: list | None, trained=None) -> int:
         """Arrays first, under a name of their own; then progress.json, which names them, by rename.
 
+        Holds model's changing variables, the optimizer of `trained` (the model fit is training:
+        `model` itself or the heads of a feature-cached Stage 1) and the best-epoch values.
         A kill between the two leaves the previous pair intact (the json still names the previous
         arrays), so a resume never pairs one epoch's weights with another epoch's counters.
+        Returns the bytes written.
         """
-        groups = {"model": values(model.variables), "optimizer": values(model.optimizer.variables)}
+        trained = model if trained is None else trained
+        groups = {"model": values(changing_variables(model)), "optimizer": values(trained.optimizer.variables)}
         if best_weights is not None:
             groups["best"] = best_weights
         name = f"progress-{int(info['epoch']):04d}.npz"
-        save_arrays(self.folder / name, groups)
+        size = save_arrays(self.folder / name, groups)
         crash_point("checkpoint_write")
-        atomic_write_json(self.folder / "progress.json", {**info, "arrays": name})
+        atomic_write_json(self.folder / "progress.json", {**info, "arrays": name, "format": LEAN_FORMAT})
         for old in self.folder.glob("progress*.npz"):
             if old.name != name:
                 old.unlink(missing_ok=True)
+        return size
 
-    def restore_progress(self, model) -> list | None:
-        """Load model and optimizer variables; returns the saved best-epoch weights."""
-        groups = load_arrays(self._arrays_file(json.loads((self.folder / "progress.json").read_text())))
-        model.optimizer.build(model.trainable_variables)
-        assign(model.variables, groups["model"], f"checkpoint {self.folder} (model)")
-        assign(model.optimizer.variables, groups["optimizer"], f"checkpoint {self.folder} (optimizer)")
+    def restore_progress(self, model, trained=None, fingerprint: str | None = None) -> list | None:
+        """Load the changing variables and `trained`'s optimizer; returns the saved best-epoch values."""
+        trained = model if trained is None else trained
+        info = json.loads((self.folder / "progress.json").read_text())
+        if info.get("format") != LEAN_FORMAT:
+            raise CheckpointError(f"checkpoint {self.folder} was written by an older medfusion (every variable, every "
+                                  "epoch); move the folder aside to train the stage again")
+        if fingerprint is not None and info.get("frozen_fingerprint") not in (None, fingerprint):
+            raise CheckpointError(f"checkpoint {self.folder}: the frozen weights it was trained on "
+                                  f"({info['frozen_fingerprint']}) differ from this model's ({fingerprint}); "
+                                  "move the folder aside to train the stage again")
+        groups = load_arrays(self._arrays_file(info))
+        trained.optimizer.build(trained.trainable_variables)
+        assign(changing_variables(model), groups["model"], f"checkpoint {self.folder} (model)")
+        assign(trained.optimizer.variables, groups["optimizer"], f"checkpoint {self.folder} (optimizer)")
         return groups.get("best")
