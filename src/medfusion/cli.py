@@ -31,6 +31,11 @@ FLAG_KEYS = {
     "selection": "search.selection",
     "test_fraction": "search.test_fraction",
     "test_patients": "search.test_patients_file",
+    "executor": "runtime.executor",
+    "ray_address": "runtime.ray_address",
+    "cpus_per_job": "runtime.cpus_per_job",
+    "gpus_per_job": "runtime.gpus_per_job",
+    "job_retries": "runtime.job_retries",
 }
 
 
@@ -76,6 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "the best combination's fold ensemble predicts them once")
     p.add_argument("--test_patients", "--test-patients",
                    help="file of held-out test patient numbers (one per line), instead of --test_fraction")
+    p.add_argument("--executor", choices=("inline", "ray"),
+                   help="inline: jobs one by one in this process (default); ray: jobs as Ray tasks, on a local Ray "
+                        "instance or the cluster of --ray_address (docs/ray.md)")
+    p.add_argument("--ray_address", "--ray-address",
+                   help="with --executor ray: 'auto' or ray://host:port joins a running cluster (default: start a "
+                        "local instance sized to this machine)")
+    p.add_argument("--cpus_per_job", "--cpus-per-job", type=int,
+                   help="with --executor ray: CPUs per job (default 1 without GPUs, else the CPUs per GPU)")
+    p.add_argument("--gpus_per_job", "--gpus-per-job", type=int,
+                   help="with --executor ray: GPUs per job (default 1 when the cluster has GPUs, else 0)")
+    p.add_argument("--job_retries", "--job-retries", type=int,
+                   help="run a job that raises again this many times before reporting it (default 1)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set train.stage2.lr=1e-5 (repeatable)")
     return p
@@ -111,18 +128,6 @@ def _resume_command(argv) -> str:
 
 def _sigterm_to_interrupt(signum, frame):
     raise KeyboardInterrupt  # a preempted node gets the same clean stop as Ctrl-C
-
-
-def _configure_tensorflow(cfg) -> None:
-    import tensorflow as tf
-
-    if cfg.runtime.verbosity < 3:
-        tf.get_logger().setLevel("ERROR")  # retracing notices for each new model are expected here
-    if cfg.runtime.deterministic:
-        tf.config.experimental.enable_op_determinism()
-        # one thread per op: CPU kernels otherwise split float reductions by thread timing
-        tf.config.threading.set_intra_op_parallelism_threads(1)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
 
 
 def _run_light_mode(args, cfg, log) -> int:
@@ -183,7 +188,9 @@ def main(argv=None) -> int:
     log = setup_console(cfg.runtime.verbosity)
     if args.mode in ("review", "check_data"):
         return _run_light_mode(args, cfg, log)
-    _configure_tensorflow(cfg)
+    from medfusion.training.devices import configure_tensorflow
+
+    configure_tensorflow(cfg)
     try:
         return _run_tf_mode(args, cfg)
     except KeyboardInterrupt:

@@ -26,7 +26,10 @@ JIT_MODES = ("auto", "true", "false")  # runtime.jit_compile
 # Keys that may differ between a run and its resumption: they do not change what is computed.
 NON_RESULT_KEYS = frozenset({"data.demo_dir", "data.labels_required", "runtime.run_name", "runtime.logs_dir", "runtime.device_mode", "runtime.gpus",
                              "runtime.cpu_replicas", "runtime.verbosity", "runtime.resume_mode",
-                             "runtime.deterministic", "train.checkpoint_every"})
+                             "runtime.deterministic", "train.checkpoint_every",
+                             "runtime.executor", "runtime.ray_address", "runtime.cpus_per_job",
+                             "runtime.gpus_per_job", "runtime.job_retries"})
+EXECUTORS = ("inline", "ray")  # runtime.executor (executors.py)
 # runtime.precision and runtime.jit_compile ARE result-affecting: float16 and XLA's fused ops change the numbers
 
 
@@ -192,6 +195,12 @@ class RuntimeConfig:
     # float32; softmax outputs, the fusion layer and the loss stay float32 in every policy
     precision: str = "auto"  # auto | float32 | mixed_float16 | mixed_bfloat16
     jit_compile: str = "auto"  # auto | true | false: XLA, passed to compile (auto: on with a GPU, off on CPU)
+    # where jobs run (executors.py): inline = one by one in this process; ray = Ray tasks (docs/ray.md)
+    executor: str = "inline"
+    ray_address: str = ""  # empty: start a local Ray instance; "auto" or "ray://host:port": join a cluster
+    cpus_per_job: int = 0  # 0: 1 without GPUs, else the cluster's CPUs per GPU
+    gpus_per_job: int = -1  # -1: 1 when the cluster has GPUs, else 0
+    job_retries: int = 1  # a job that raises is run again this many times, then reported
 
 
 @dataclass(frozen=True)
@@ -484,6 +493,12 @@ def validate(cfg: Config) -> None:
     _check(str(r.precision).lower() in PRECISIONS, "runtime.precision", r.precision, f"one of {', '.join(PRECISIONS)}")
     _check(str(r.jit_compile).lower() in JIT_MODES, "runtime.jit_compile", r.jit_compile, f"one of {', '.join(JIT_MODES)}")
     _check(t.checkpoint_every >= 1, "train.checkpoint_every", t.checkpoint_every, "must be >= 1 (epochs between checkpoints)")
+    _check(r.executor in EXECUTORS, "runtime.executor", r.executor, f"one of {', '.join(EXECUTORS)}")
+    _check(r.cpus_per_job >= 0, "runtime.cpus_per_job", r.cpus_per_job, "must be >= 0 (0: automatic)")
+    _check(r.gpus_per_job >= -1, "runtime.gpus_per_job", r.gpus_per_job, "must be >= 0, or -1 for automatic")
+    _check(r.job_retries >= 0, "runtime.job_retries", r.job_retries, "must be >= 0")
+    _check(r.executor == "ray" or not r.ray_address, "runtime.ray_address", r.ray_address,
+           "only used with --executor ray")
     _check_run_name(r.run_name)
 
 

@@ -93,8 +93,8 @@ def save_pipeline(pipeline, path: Path) -> None:
     tmp.replace(path)
 
 
-def pretrain_key(ctx, modality, tr, va, seed) -> str:
-    """Hash of everything that determines a pre-training's result."""
+def pretrain_key(ctx, modality, tr, va, seed, replicas: int | None = None) -> str:
+    """Hash of everything that determines a pre-training's result (`replicas`: a job's, default ctx's)."""
     from medfusion import __version__
     from medfusion.models.backbones import weights_file_sha256
 
@@ -108,7 +108,7 @@ def pretrain_key(ctx, modality, tr, va, seed) -> str:
         "image_size": cfg.data.image_size, "box_margin": cfg.data.box_margin,
         "model": config_to_dict(cfg.model), "pretrain": config_to_dict(cfg.train.pretrain),
         "focal_gamma": cfg.train.focal_gamma, "batch_size": cfg.train.batch_size, "augment": cfg.train.augment,
-        "replicas": ctx.strategy.num_replicas_in_sync, "seed": seed,
+        "replicas": replicas or ctx.strategy.num_replicas_in_sync, "seed": seed,
         # validation samples pick the restored epoch, so they shape the result too
         "val_ids": ctx.manifest.samples["sample_id"].iloc[va].tolist(),
     }
@@ -124,7 +124,7 @@ def set_aside_if_damaged(folder: Path, what: str) -> None:
                     what, folder, problem, aside)
 
 
-def pretrain_job(ctx, k, modality, tr, va, seed):
+def pretrain_job(ctx, k, modality, tr, va, seed, key: str | None = None):
     """Train (or reuse) the cache entry of this pre-training under its file lock.
 
     The lock (logs/.pretrain_cache/<key>.lock) makes a second search that needs the same entry
@@ -135,7 +135,7 @@ def pretrain_job(ctx, k, modality, tr, va, seed):
     from medfusion.training.pretrain import pretrain_phases, run_pretraining
 
     cfg = ctx.cfg
-    key = pretrain_key(ctx, modality, tr, va, seed)
+    key = key or pretrain_key(ctx, modality, tr, va, seed)  # the plan computed it already
     with cache_entry_lock(ctx.cache_dir, key, log):
         set_aside_if_damaged(ctx.cache_dir / key, "pre-training cache entry")
         reused = StageCheckpoint(ctx.cache_dir / key).completed() is not None
@@ -153,6 +153,23 @@ def pretrain_job(ctx, k, modality, tr, va, seed):
             atomic_write_json(ctx.cache_dir / key / "origin.json",
                               {"run": cfg.runtime.run_name, "fold": k, "modality": modality})
     return model, result, key, reused
+
+
+def load_pretrained(ctx, k, modality, key, seed) -> keras.Model:
+    """The finished pre-training `key` of the cache, as a model to transfer from (read under its lock)."""
+    from medfusion.models.fusion import build_pretrain_model
+    from medfusion.store import cache_entry_lock
+
+    entry = StageCheckpoint(ctx.cache_dir / key)
+    keras.utils.set_random_seed(seed)
+    with ctx.strategy.scope():
+        model = build_pretrain_model(modality, ctx.cfg.model, ctx.cfg.data.image_size)
+    with cache_entry_lock(ctx.cache_dir, key, log):
+        if entry.completed() is None:
+            raise RuntimeError(f"fold {k}: the pre-training of {modality} (cache entry {ctx.cache_dir / key}) is not "
+                               "finished; its job must run first (rerun the search to compute it)")
+        entry.load_final(model)
+    return model
 
 
 def fusion_job(ctx, combo, k, sp, p_meta, pretrained, seed, job):
@@ -173,7 +190,7 @@ def fusion_job(ctx, combo, k, sp, p_meta, pretrained, seed, job):
     with ctx.strategy.scope():
         model = build_fusion_model(combo, cfg.model, cfg.data.image_size)
     for m in mods:
-        report = transfer_weights(pretrained[m][0], model, exclude=("output",))
+        report = transfer_weights(pretrained[m], model, exclude=("output",))
         log.info("  %s", report.summary())
         job["transfer"].append(report.to_dict())
     inputs = lambda idx: fold_inputs(ctx.crops, idx, mods, p_meta[idx] if has_meta else None)  # noqa: E731

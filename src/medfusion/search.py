@@ -11,19 +11,18 @@ after every choice, and only the scorer reads its labels.
 
 from __future__ import annotations
 
-import gc
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import replace as with_fields
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from medfusion.bundles import save_bundle
-from medfusion.config import Config, ConfigError, config_yaml, result_differences
+from medfusion import __version__
+from medfusion.config import Config, ConfigError, config_to_dict, config_yaml, flatten, result_differences
 from medfusion.constants import CLASSES, IMAGE_MODALITIES, MODALITIES, PRETRAIN_CACHE_DIR
 from medfusion.constants import all_combinations, canonical_combination, image_modalities_of
 from medfusion.data.folds import (check_fold_classes, check_folds, class_distribution, fold_indices, make_folds,
@@ -32,13 +31,13 @@ from medfusion.data.manifest import Manifest
 from medfusion.evaluation.aggregate import compare, format_summary, pooled_by_combination, results_frame, row_from_job
 from medfusion.evaluation.aggregate import summarize
 from medfusion.evaluation.calibration import calibration_table
-from medfusion.evaluation.decisions import fit_decision
 from medfusion.evaluation.oracle import OracleReference
-from medfusion.evaluation.scoring import job_scores
-from medfusion.evaluation.visits import PROBA_COLUMNS
+from medfusion.executors import JobsFailed, execute, failure_report, make_executor
 from medfusion.heldout import evaluate_test, hold_out
-from medfusion.jobs import forest_job, forest_pipeline_path, fusion_job, pretrain_job
+from medfusion.jobs import pretrain_key
+from medfusion.plan import FoldSplit, Job, check_plan, content_key, describe_plan, job_id, plan_jobs
 from medfusion.recompute import predict_fold, rescore_from_predictions
+from medfusion.runner import JobContext, write_job_outputs
 from medfusion.runs import (FileLog, RunState, atomic_write_csv, atomic_write_json, atomic_write_text, crash_point,
                             prepare_run_dir, remove_stale_temporaries)
 from medfusion.runs import check_run_folder, folds_problem, read_run_csv, read_run_json, read_run_yaml
@@ -46,15 +45,6 @@ from medfusion.store import RunLock
 from medfusion.training.devices import describe
 
 log = logging.getLogger("medfusion")
-
-
-@dataclass(frozen=True)
-class FoldSplit:
-    """Positional indices of one fold: outer train/val, and the train part's fitting/selection split."""
-    train: np.ndarray
-    val: np.ndarray
-    fit: np.ndarray
-    sel: np.ndarray
 
 
 def resolve_combinations(cfg: Config) -> list[str]:
@@ -178,8 +168,6 @@ class Search:
             if mode == "from_predictions":
                 return self._finish(t0)
             log.info("combinations: %s", ", ".join(self.combinations))
-            log.info("devices: %s; per-replica batch %d, global batch %d", describe(self.strategy),
-                     cfg.train.batch_size, cfg.train.batch_size * self.strategy.num_replicas_in_sync)
             if data_summary:
                 run_log.write(data_summary)  # already on the console: into the file only
             log.info("dataset: %d samples, %d visits, %d patients; classes %s", len(manifest),
@@ -198,14 +186,18 @@ class Search:
                 t = time.time()
                 self.crops[m] = load_crops(manifest, m, cfg.data.image_size, cfg.data.box_margin, log=log)
                 log.info("loaded %d %s crops at %dpx in %.1fs", len(manifest), m, cfg.data.image_size, time.time() - t)
-        for k in range(cfg.search.cv_folds):
-            with FileLog(self.run_dir / f"fold_{k}.log"), FileLog(self.run_dir / "run.log"):
-                if mode == "from_models":
+        if mode == "from_models":
+            for k in range(cfg.search.cv_folds):
+                with FileLog(self.run_dir / f"fold_{k}.log"), FileLog(self.run_dir / "run.log"):
                     predict_fold(self, k)
-                else:
-                    self.run_fold(k)
+            failures = []
+        else:
+            failures = self._train()
         with FileLog(self.run_dir / "run.log"):
-            return self._finish(t0)
+            summary = self._finish(t0)
+            if failures:
+                raise JobsFailed(failure_report(failures))
+            return summary
 
     def _finish(self, t0: float) -> pd.DataFrame:
         ckpts = self.run_dir / "checkpoints"
@@ -265,10 +257,14 @@ class Search:
             log.info("late-fusion baseline %s: %d fold(s), predictions/%s/", name, len(tables), folder_name(name))
         return out
 
-    def pending(self, k: int) -> list[str]:
+    def pending(self, k: int, keys: dict | None = None) -> list[str]:
+        """Fold k's combinations still to compute: not finished, damaged, or finished from other inputs."""
         todo = []
         for combo in self.combinations:
             why = self.state.problem(combo, k)
+            recorded = (self.state.data["jobs"].get(self.state.key(combo, k)) or {}).get("key")
+            if why is None and keys and recorded and recorded != keys[job_id("combination", k, combo)]:
+                why = "its inputs changed (another content key)"
             if why is None:
                 log.info("--- fold %d job %s: finished earlier, outputs verified; skipped", k, combo)
             else:
@@ -312,68 +308,98 @@ class Search:
                 "selection_patients": sorted(int(p) for p in set(m.patients[sp.sel]))
                 if cfg.search.selection == "inner" else None}
 
-    def run_fold(self, k: int) -> None:
-        cfg, manifest = self.cfg, self.manifest
-        sp = self.split(k)
-        fold_info = self._log_split(k, sp)
-        self.oracle_ref.score_fold(k, manifest.samples["sample_id"].iloc[sp.val], manifest.labels[sp.val])
-        todo = self.pending(k)
-        if not todo:
-            return
-        seed = cfg.search.seed + k
-        p_meta = forest_job(self, k, sp.train, sp.val, seed) if any("metadata" in c.split("+") for c in todo) else None
-        pretrained = {}
-        for m in self.image_modalities:
-            if any(m in image_modalities_of(c) for c in todo):
-                pretrained[m] = pretrain_job(self, k, m, sp.fit, sp.sel, seed)
-        for combo in todo:
-            t = time.time()
-            log.info("--- fold %d job %s", k, combo)
-            job = {"combination": combo, "fold": k, **fold_info, "stages": {}, "transfer": [], "pretrain": {},
-                   "max_alpha_ratio": cfg.train.max_alpha_ratio}
-            files = []
-            if combo == "metadata":
-                proba_sel, proba = p_meta[sp.sel], p_meta[sp.val]
-            else:
-                for m in image_modalities_of(combo):
-                    _, result, key, reused = pretrained[m]
-                    job["pretrain"][m] = {**result.to_dict(), "cache_key": key, "reused": reused}
-                    log.info("  pre-trained %s: %s cache entry %s", m, "reused" if reused else "trained this run", key)
-                model, proba_sel, proba = fusion_job(self, combo, k, sp, p_meta, pretrained, seed, job)
-            job["decision"] = fit_decision(cfg.train.decision, proba_sel, manifest.labels[sp.sel])
-            files += save_bundle(self.run_dir, combo, k, cfg, model=None if combo == "metadata" else model,
-                                 forest_file=forest_pipeline_path(self, k) if "metadata" in combo.split("+") else None,
-                                 decision=job["decision"], fusion_rf_weight=job.get("fusion_rf_weight"),
-                                 selection=cfg.search.selection)
-            if job["decision"]["kind"] != "argmax":
-                log.info("  decision rule fit on the selection split: thresholds %s on the expected class index "
-                         "(selection QWK %.4f)", job["decision"]["thresholds"], job["decision"]["selection_qwk"])
-            job["seconds"] = round(time.time() - t, 2)
-            files += self.record(combo, k, sp.val, proba, job)
-            self.state.mark_done(combo, k, files)
-            shutil.rmtree(self.run_dir / "checkpoints" / combo / f"fold_{k}", ignore_errors=True)
-            log.info("--- fold %d job %s done in %.1fs: QWK %.4f, visit QWK %.4f", k, combo, time.time() - t,
-                     job["metrics"]["qwk"], job["metrics"]["visit_qwk"])
+    # ------------------------------------------------------------------ jobs
+    def _train(self) -> list:
+        """Plan every fold's unfinished jobs and run them on the configured executor; returns the failures."""
+        cfg = self.cfg
+        ctx = JobContext(cfg, self.manifest, self.crops, self.run_dir, self.cache_dir, self.strategy)
+        executor = make_executor(cfg, ctx)
+        try:
+            self.replicas = executor.replicas()
+            with FileLog(self.run_dir / "run.log"):
+                self._check_replicas(executor.name)
+            folds = {}
+            for k in range(cfg.search.cv_folds):
+                with FileLog(self.run_dir / f"fold_{k}.log"), FileLog(self.run_dir / "run.log"):
+                    sp = self.split(k)
+                    info = self._log_split(k, sp)
+                    self.oracle_ref.score_fold(k, self.manifest.samples["sample_id"].iloc[sp.val],
+                                               self.manifest.labels[sp.val])
+                    keys = self.fold_keys(k, sp)
+                    todo = self.pending(k, keys)
+                    if todo:
+                        folds[k] = (sp, info, keys, todo)
+            jobs = [self._with_inputs(j, *folds[j.fold][:3]) for j in plan_jobs({k: v[3] for k, v in folds.items()})]
+            check_plan(jobs)
+            with FileLog(self.run_dir / "run.log"):
+                log.info("plan (%s executor): %s", executor.name, describe_plan(jobs).replace("\n", "; "))
+            return execute(jobs, executor, cfg.runtime.job_retries, self._job_done)
+        finally:
+            executor.close()
+
+    def _check_replicas(self, executor: str) -> None:
+        """The replica count sets the global batch, so a run continues only with the count it started with."""
+        cfg, path = self.cfg, self.run_dir / "runtime.json"
+        now = {"replicas": self.replicas, "per_replica_batch": cfg.train.batch_size,
+               "global_batch": cfg.train.batch_size * self.replicas}
+        if path.is_file():
+            saved = read_run_json(path)
+            if saved.get("replicas") != self.replicas:
+                raise ConfigError(
+                    f"cannot resume run {cfg.runtime.run_name!r}: it trained with {saved.get('replicas')} replica(s) "
+                    f"(global batch {saved.get('global_batch')}), this search would use {self.replicas} (global batch "
+                    f"{now['global_batch']}); the global batch changes the results. Use the run's devices "
+                    "(--cpu_replicas, --gpus, --gpus_per_job), --resume_mode fresh, or a new --run_name.")
+        else:
+            atomic_write_json(path, now)
+        log.info("devices: %s; %s executor, %d replica(s) per job: per-replica batch %d, global batch %d",
+                 describe(self.strategy) if executor == "inline" else "Ray workers", executor, self.replicas,
+                 cfg.train.batch_size, now["global_batch"])
+
+    def fold_keys(self, k: int, sp: FoldSplit) -> dict[str, str]:
+        """Content keys of fold k's jobs: a changed input (data, split, setting, version) gives a new key."""
+        m, seed = self.manifest, self.cfg.search.seed + k
+        ids = lambda idx: m.samples["sample_id"].iloc[idx].tolist()  # noqa: E731
+        keys = {job_id("forest", k): content_key({
+            "kind": "forest", "medfusion": __version__, "train": ids(sp.train), "val": ids(sp.val),
+            "labels": m.labels[sp.train].tolist(), "features": list(m.feature_columns),
+            "forest": config_to_dict(self.cfg.forest), "seed": seed})}
+        for mod in self.image_modalities:
+            keys[job_id("pretrain", k, mod)] = pretrain_key(self, mod, sp.fit, sp.sel, seed, self.replicas)
+        settings = {key: v for key, v in flatten(config_to_dict(self.cfg)).items() if not key.startswith("runtime.")}
+        for combo in self.combinations:
+            deps = [keys[job_id("forest", k)]] * ("metadata" in combo.split("+")) + \
+                   [keys[job_id("pretrain", k, mod)] for mod in image_modalities_of(combo)]
+            keys[job_id("combination", k, combo)] = content_key({
+                "kind": "combination", "medfusion": __version__, "combination": combo, "deps": deps,
+                "fit": ids(sp.fit), "sel": ids(sp.sel), "val": ids(sp.val), "labels": m.labels.tolist(),
+                "settings": settings, "replicas": self.replicas})
+        return keys
+
+    def _with_inputs(self, job: Job, sp: FoldSplit, info: dict, keys: dict) -> Job:
+        """The planned job with its content key and what it reads (its fold's indices, seed, split record)."""
+        return with_fields(job, key=keys[job.id], extra={"train": sp.train, "val": sp.val, "fit": sp.fit,
+                                                        "sel": sp.sel, "seed": self.cfg.search.seed + job.fold,
+                                                        "fold_info": info})
+
+    def _job_done(self, job: Job, record: dict) -> None:
+        """The driver's side of a finished job: only here are state.json and results.csv written."""
+        k = job.fold
+        with FileLog(self.run_dir / f"fold_{k}.log"), FileLog(self.run_dir / "run.log"):
+            if job.kind != "combination":
+                log.info("job %s finished in %.1fs", job.id, record["seconds"])
+                return
+            self.state.mark_done(job.name, k, record["files"], key=job.key)
+            shutil.rmtree(self.run_dir / "checkpoints" / job.name / f"fold_{k}", ignore_errors=True)
+            log.info("--- fold %d job %s done in %.1fs: QWK %.4f, visit QWK %.4f", k, job.name, record["seconds"],
+                     record["qwk"], record["visit_qwk"])
             atomic_write_csv(self.run_dir / "results.csv", results_frame(self.result_rows()))
-            crash_point("job_done")
-            gc.collect()
+        crash_point("job_done")
 
     # ------------------------------------------------------------------ outputs
     def record(self, combo, k, va, proba, job) -> list[str]:
-        """Write predictions and the job record; returns their paths relative to the run folder."""
-        samples = self.manifest.samples.iloc[va]
-        pred = pd.DataFrame({"sample_id": samples["sample_id"].to_numpy(), "patient": samples["patient"].to_numpy(),
-                             "visit": samples["visit"].to_numpy(), "y_true": self.manifest.labels[va],
-                             **{c: proba[:, i] for i, c in enumerate(PROBA_COLUMNS)}})
-        pred_rel, job_rel = f"predictions/{combo}/fold_{k}.csv", f"jobs/{combo}/fold_{k}.json"
-        atomic_write_csv(self.run_dir / pred_rel, pred)
-        job.update(job_scores(pred, job.get("decision")), predictions_file=pred_rel)
-        atomic_write_json(self.run_dir / job_rel, job)
-        s = job["metrics"]
-        log.info("  fold %d %s: QWK %.4f (visits %.4f, %d) kappa %.4f acc %.4f F1-macro %.4f; predicted classes %s",
-                 k, combo, s["qwk"], s["visit_qwk"], s["n_val_visits"], s["kappa"], s["accuracy"], s["f1_macro"],
-                 job["val_pred_counts"])
-        return [pred_rel, job_rel]
+        """Predictions and the job record (--resume_mode from_models writes them anew)."""
+        return write_job_outputs(self.run_dir, self.manifest, combo, k, va, proba, job)
 
     def result_rows(self) -> list[dict]:
         """results.csv rows, rebuilt from the finished jobs' records: one row per (combination, fold)."""

@@ -20,6 +20,19 @@ class DeviceError(RuntimeError):
     pass
 
 
+def configure_tensorflow(cfg, threads: int | None = None) -> None:
+    """Logging and threads before the first op; `threads`: a job's CPU share (a Ray task's num_cpus)."""
+    if cfg.runtime.verbosity < 3:
+        tf.get_logger().setLevel("ERROR")  # retracing notices for each new model are expected here
+    if cfg.runtime.deterministic:
+        tf.config.experimental.enable_op_determinism()
+        # one thread per op: CPU kernels otherwise split float reductions by thread timing
+        threads = 1
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
 def configure_strategy(rt: RuntimeConfig) -> tf.distribute.Strategy:
     cpus = tf.config.list_physical_devices("CPU")
     gpus = tf.config.list_physical_devices("GPU")

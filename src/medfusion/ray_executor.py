@@ -1,0 +1,123 @@
+"""`--executor ray`: every job a Ray task, on a local Ray instance or an existing cluster.
+
+The crops, the dataset and the config go into Ray's object store once per run (`ray.put`); each
+task receives the reference, so a worker maps the crops from shared memory instead of receiving a
+copy per job. Jobs read and write the run folder and the pre-training cache directly, so on a
+cluster both must be on a file system every node mounts at the same path (docs/ray.md).
+
+A task that uses GPUs runs in a fresh worker process (`max_calls=1`): TensorFlow binds the GPUs
+it sees at start-up and keeps their memory, so a reused worker would train on the previous task's
+GPU. CPU-only tasks reuse their workers (TensorFlow is imported once per worker).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from medfusion.runner import JobContext, run_job
+
+log = logging.getLogger("medfusion")
+
+_WORKER: dict = {}  # per worker process: the configured strategy
+
+
+def _worker_context(payload: dict, want: int | None) -> JobContext:
+    """This worker's devices (configured once per process) and the run's shared inputs."""
+    cfg = payload["cfg"]
+    if "strategy" not in _WORKER:
+        from medfusion.runs import setup_console
+        from medfusion.training.devices import configure_strategy, configure_tensorflow
+
+        setup_console(cfg.runtime.verbosity)
+        configure_tensorflow(cfg, threads=payload["threads"])
+        _WORKER["strategy"] = configure_strategy(cfg.runtime)
+    strategy = _WORKER["strategy"]
+    if want is not None and strategy.num_replicas_in_sync != want:
+        raise RuntimeError(f"this worker has {strategy.num_replicas_in_sync} replica(s), the run was planned with "
+                           f"{want}: the global batch would change; give every job the same devices "
+                           "(--gpus_per_job, --cpu_replicas)")
+    return JobContext(cfg, payload["manifest"], payload["crops"], Path(payload["run_dir"]),
+                      Path(payload["cache_dir"]), strategy)
+
+
+def ray_job(payload: dict, replicas: int, job, deps: dict) -> dict:
+    """The Ray task: one planned job in a worker process."""
+    return run_job(_worker_context(payload, replicas), job, deps)
+
+
+def ray_probe(payload: dict) -> dict:
+    """How many replicas a job's worker gets (run once, with a job's resources, before planning)."""
+    ctx = _worker_context(payload, None)
+    return {"replicas": ctx.strategy.num_replicas_in_sync, "pid": os.getpid()}
+
+
+def _passed_env() -> dict:
+    """The variables workers must share with the driver: TensorFlow switches and medfusion's test hooks."""
+    return {k: v for k, v in os.environ.items() if k.startswith(("TF_", "MEDFUSION_"))}
+
+
+class RayExecutor:
+    name = "ray"
+
+    def __init__(self, cfg, ctx: JobContext):
+        import ray
+
+        rt = cfg.runtime
+        self.ray, self.started = ray, False
+        if not ray.is_initialized():
+            address = rt.ray_address or None
+            ray.init(address=address, include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING,
+                     runtime_env={"env_vars": _passed_env()})
+            self.started = True
+        res = ray.cluster_resources()
+        gpus = rt.gpus_per_job if rt.gpus_per_job >= 0 else (1 if res.get("GPU", 0) > 0 else 0)
+        cpus = rt.cpus_per_job or (max(1, int(res.get("CPU", 1) // res["GPU"])) if gpus else 1)
+        if cpus > res.get("CPU", 0) or gpus > res.get("GPU", 0):
+            raise RuntimeError(f"--cpus_per_job {cpus} / --gpus_per_job {gpus}: the Ray cluster has "
+                               f"{res.get('CPU', 0):g} CPU(s) and {res.get('GPU', 0):g} GPU(s); no job could start")
+        self.options = {"num_cpus": cpus, "num_gpus": gpus, "max_retries": 0}
+        # a GPU job in a fresh worker each time: TensorFlow keeps the GPUs (and memory) it started with
+        self._task = ray.remote(max_calls=1 if gpus else 0)(ray_job).options(**self.options)
+        # the run's inputs go into the object store once; every task gets this one reference
+        self.ref = ray.put({"cfg": cfg, "manifest": ctx.manifest, "crops": ctx.crops, "run_dir": str(ctx.run_dir),
+                            "cache_dir": str(ctx.cache_dir), "threads": cpus})
+        self.expected: int | None = None
+        log.info("ray: %s, %g CPU(s), %g GPU(s); each job gets %d CPU(s) and %d GPU(s), so up to %d at once",
+                 f"cluster at {rt.ray_address}" if rt.ray_address else "local instance", res.get("CPU", 0),
+                 res.get("GPU", 0), cpus, gpus,
+                 int(min(res.get("CPU", 0) // cpus, res.get("GPU", 0) // gpus if gpus else 1e9)))
+
+    def replicas(self) -> int:
+        """The replica count of a job's worker (a probe task with a job's resources); jobs must all match it."""
+        probe = self.ray.remote(ray_probe).options(**self.options)
+        self.expected = int(self.ray.get(probe.remote(self.ref))["replicas"])
+        return self.expected
+
+    def has_capacity(self, n_running: int) -> bool:
+        return True  # Ray queues tasks until a worker has the resources
+
+    def submit(self, job, deps: dict):
+        return self._task.remote(self.ref, self.expected, job, deps)
+
+    def wait_one(self, handles: list):
+        ready, _ = self.ray.wait(handles, num_returns=1)
+        ref = ready[0]
+        try:
+            return ref, self.ray.get(ref)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a task's error (or its worker's death) is the job's failure
+            return ref, exc
+
+    def cancel(self, handles: list) -> None:
+        for ref in handles:
+            try:
+                self.ray.cancel(ref, force=True)
+            except Exception as exc:  # noqa: BLE001 - already finished or gone
+                log.debug("cancel %s: %s", ref, exc)
+
+    def close(self) -> None:
+        if self.started and self.ray.is_initialized():
+            self.ray.shutdown()
