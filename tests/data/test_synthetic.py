@@ -191,3 +191,35 @@ def test_an_older_demo_folder_is_used_with_a_warning_never_overwritten(tmp_path,
         ensure_demo(root, seed=4, n_patients=120)
     assert "older medfusion (no demo.json)" in caplog.text and "delete the folder to regenerate it" in caplog.text
     assert (root / "metadata.csv").read_bytes() == before  # used as it is
+
+
+# sha256 over the relative file names, the CSV / JSON bytes and every frame's decoded pixels (shape, dtype, values) of
+# generate_demo(seed=7, n_patients=24), as written by the generator of commit b7de199 (before synthetic.py was split
+# into synthetic_frames.py / synthetic_metadata.py). Pixels rather than PNG bytes: another zlib build may compress the
+# same pixels differently. A change here is a change of the demo: bump DEMO_GENERATOR and re-pin.
+SMALL_DEMO_DIGEST = "4b10e12885d0df6444b412bfbd4e725d24c783516c45d4b6b36166d1ce34fab8"
+
+
+def _demo_digest(root) -> str:
+    import hashlib
+
+    import cv2
+
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if not p.is_file():
+            continue
+        h.update(str(p.relative_to(root)).encode())
+        if p.suffix == ".png":
+            img = cv2.imdecode(np.fromfile(str(p), np.uint8), cv2.IMREAD_UNCHANGED)
+            h.update(str((img.shape, img.dtype.str)).encode() + img.tobytes())
+        else:
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_demo_content_is_pinned(small_demo):
+    from medfusion.data.synthetic import DEMO_GENERATOR
+
+    assert DEMO_GENERATOR == 2
+    assert _demo_digest(small_demo[0]) == SMALL_DEMO_DIGEST

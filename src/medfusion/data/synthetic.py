@@ -78,7 +78,7 @@ class _Study:
     """The study drawn from ONE random stream, in a fixed order: patients, visits, views, frames.
 
     Every draw happens in the order of the first release's single function, so the demo stays bit-identical
-    (test_synthetic checks the files' hashes); frames are rendered later from the seeds recorded in `jobs`.
+    (tests/data/test_synthetic.py pins a digest of the small demo); frames are rendered later from the seeds recorded in `jobs`.
     """
 
     def __init__(self, rng):
