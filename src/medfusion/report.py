@@ -279,9 +279,11 @@ def _plots_section(run, plots, failed) -> list[str]:
 
 
 def render_markdown(run, findings, figures, plots, failed) -> str:
-    """report.md: header, summary, findings, key figures per job, plots."""
+    """report.md: header, summary, findings, key figures per job, plots, explanations (once explained)."""
+    from medfusion.report_explain import explanations_section
+
     lines = (_header(run) + _summary_section(run) + _findings_section(findings) + _figures_section(figures)
-             + _plots_section(run, plots, failed))
+             + _plots_section(run, plots, failed) + explanations_section(run.run_dir))
     return "\n".join(lines).rstrip() + "\n"
 
 

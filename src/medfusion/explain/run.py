@@ -199,4 +199,7 @@ def run_explain(run_dir: Path, combination: str | None = None, samples: int = 3,
         atomic_write_csv(out / "modality_contribution.csv", contrib)
         plot_contribution(out / "modality_contribution.png", contrib)
     log.warning("explain: written to %s in %.1fs", out, time.time() - t0)
+    from medfusion.review import run_review
+
+    run_review(run.run_dir, log=log)  # report.md gains its "Explanations" section
     return 0
