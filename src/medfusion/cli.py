@@ -10,7 +10,7 @@ from pathlib import Path
 
 from medfusion.config import ConfigError, load_config, parse_set
 
-MODES = ("search", "review", "check_data", "predict")
+MODES = ("search", "review", "check_data", "predict", "explain")
 
 # flag -> dotted config key; flags override the config file, --set overrides both
 FLAG_KEYS = {
@@ -46,9 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=MODES, default="search",
                    help="search: train and evaluate every combination x fold (default); review: health checks, "
                         "plots and report of logs/<run_name>; check_data: validate a dataset without training; "
-                        "predict: apply a finished run's fold ensemble to --data_dir")
+                        "predict: apply a finished run's fold ensemble to --data_dir; explain: saliency, metadata "
+                        "importance and modality contribution of a finished run (docs/explain.md)")
     p.add_argument("--combination", help="with --mode predict: the combination whose fold bundles predict "
                                          "(default: the run's best by visit_qwk_mean)")
+    p.add_argument("--samples", type=int, default=3, help="with --mode explain: validation samples per class and "
+                                                          "fold (most confident correct, wrong, least confident)")
+    p.add_argument("--method", choices=("gradcam", "gradcam++", "integrated_gradients"), default="gradcam",
+                   help="with --mode explain: the saliency method")
+    p.add_argument("--target_layer", "--target-layer", help="with --mode explain: the backbone layer Grad-CAM reads "
+                                                            "(default: the backbone's last feature map)")
     p.add_argument("--out", help="with --mode predict: output folder (default logs/<run>/predict/<data folder>/)")
     p.add_argument("--strict", action="store_true",
                    help="with --mode review: exit 1 when any finding has severity error")
@@ -153,6 +160,11 @@ def _run_tf_mode(args, cfg) -> int:
 
         return run_predict(Path(cfg.runtime.logs_dir) / cfg.runtime.run_name, args.data_dir, args.combination,
                            args.out)
+    if args.mode == "explain":
+        from medfusion.explain.run import run_explain
+
+        return run_explain(Path(cfg.runtime.logs_dir) / cfg.runtime.run_name, args.combination, args.samples,
+                           args.method, args.target_layer)
     from medfusion.search import Search
     from medfusion.training.devices import configure_strategy
 
