@@ -171,13 +171,15 @@ def test_search_on_a_damaged_run_stops_with_one_message(tmp_path, dataset, verbo
 
 
 def test_fresh_resume_keeps_the_damaged_folder_aside(tmp_path, dataset):
-    from medfusion.search import Search
+    from medfusion.run_folder import open_run
+    from medfusion.store import RunLock
 
     cfg = load_config(DEMO, {"runtime.logs_dir": str(tmp_path / "logs"), "runtime.run_name": "r",
                              "runtime.resume_mode": "fresh"})
     run = _run_folder(tmp_path, cfg)
     (run / "folds.json").write_text("{")
-    assert Search(cfg, None)._open_run() is False
+    with RunLock(cfg.runtime.logs_dir, "r") as lock:
+        assert open_run(cfg, run, lock) is False
     aside = [p for p in (tmp_path / "logs").iterdir() if p.name.startswith("r.")]
     assert len(aside) == 1 and (aside[0] / "folds.json").read_text() == "{"
     assert sorted(p.name for p in run.iterdir()) == ["config.yaml"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from medfusion.config import ConfigError, load_config, parse_set
 
-MODES = ("search", "review", "check_data", "predict", "explain")
+MODES = ("search", "review", "check_data", "predict", "explain", "plan")
 
 # flag -> dotted config key; flags override the config file, --set overrides both
 FLAG_KEYS = {
@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="search: train and evaluate every combination x fold (default); review: health checks, "
                         "plots and report of logs/<run_name>; check_data: validate a dataset without training; "
                         "predict: apply a finished run's fold ensemble to --data_dir; explain: saliency, metadata "
-                        "importance and modality contribution of a finished run (docs/explain.md)")
+                        "importance and modality contribution of a finished run (docs/explain.md); plan: the search's "
+                        "graph of jobs (counts, critical path) without running it")
     p.add_argument("--combination", help="with --mode predict: the combination whose fold bundles predict "
                                          "(default: the run's best by visit_qwk_mean)")
     p.add_argument("--samples", type=int, default=3, help="with --mode explain: validation samples per class and "
@@ -140,6 +141,10 @@ def _sigterm_to_interrupt(signum, frame):
 def _run_light_mode(args, cfg, log) -> int:
     """review and check_data: no TensorFlow needed."""
     try:
+        if args.mode == "plan":
+            from medfusion.plan import run_plan
+
+            return run_plan(cfg, log)
         if args.mode == "review":
             from medfusion.review import run_review
 
@@ -198,7 +203,7 @@ def main(argv=None) -> int:
     from medfusion.runs import setup_console
 
     log = setup_console(cfg.runtime.verbosity)
-    if args.mode in ("review", "check_data"):
+    if args.mode in ("review", "check_data", "plan"):
         return _run_light_mode(args, cfg, log)
     from medfusion.training.devices import configure_tensorflow
 

@@ -51,7 +51,7 @@ def execute(jobs: list[Job], executor, retries: int, on_done) -> list[Failure]:
             job = running.pop(handle)
             if not isinstance(result, BaseException):
                 records[job.id] = result
-                on_done(job, result)
+                on_done(job, {**result, "attempts": attempts[job.id]})
             elif attempts[job.id] <= retries:
                 log.warning("job %s failed (attempt %d of %d): %s; retrying", job.id, attempts[job.id], retries + 1,
                             _one_line(result))

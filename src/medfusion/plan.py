@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from medfusion.constants import image_modalities_of
+from medfusion.constants import MODALITIES, all_combinations, canonical_combination, image_modalities_of
 
 KINDS = ("forest", "pretrain", "combination")
 
@@ -45,6 +45,16 @@ class Job:
     @property
     def id(self) -> str:
         return job_id(self.kind, self.fold, self.name)
+
+
+def resolve_combinations(cfg) -> list[str]:
+    """The configured combinations (canonical names), or every non-empty combination of the modalities."""
+    if cfg.search.combinations:
+        combos = {canonical_combination(str(c).split("+")) for c in cfg.search.combinations}
+        combos |= {m for c in combos for m in c.split("+")}  # single-modality baselines always run alongside
+        order = all_combinations(MODALITIES)
+        return sorted(combos, key=order.index)
+    return all_combinations(cfg.search.modalities)
 
 
 def job_id(kind: str, fold: int, name: str = "") -> str:
@@ -100,7 +110,9 @@ def critical_path(jobs: list[Job], seconds: dict[str, float] | None = None) -> t
 
     With unlimited workers a search cannot finish faster than this chain.
     """
-    cost = (lambda j: seconds.get(j.id, 0.0)) if seconds else (lambda j: 1.0)  # noqa: E731
+    # without durations every job counts 1; ties go to the chain through the job with the most image branches
+    cost = (lambda j: seconds.get(j.id, 0.0)) if seconds else (  # noqa: E731
+        lambda j: 1.0 + 1e-3 * len(image_modalities_of(j.name) if j.kind == "combination" else [j.name] * (j.kind == "pretrain")))
     best: dict[str, tuple[float, list[str]]] = {}
     for j in jobs:  # topological order
         prev = max((best[d] for d in j.deps), key=lambda t: t[0], default=(0.0, []))
@@ -119,8 +131,44 @@ def describe_plan(jobs: list[Job], seconds: dict[str, float] | None = None) -> s
         level[j.id] = 1 + max((level[d] for d in j.deps), default=0)
     width = max((sum(v == lv for v in level.values()) for lv in set(level.values())), default=0)
     path, length = critical_path(jobs, seconds)
-    unit = "s" if seconds else " jobs"
+    size = f"{length:.0f} s" if seconds else f"{len(path)} jobs"
     lines = [f"{len(jobs)} jobs: " + ", ".join(f"{n} {k}" for k, n in counts.items()),
              f"dependency depth {max(level.values(), default=0)}; up to {width} jobs can run at once",
-             f"critical path ({length:.0f}{unit}): " + " -> ".join(path)]
+             f"critical path ({size}): " + " -> ".join(path)]
     return "\n".join(lines)
+
+
+LEDGER = "jobs.csv"  # logs/<run>/jobs.csv: one row per job attempt that ended (written by the driver only)
+
+
+def measured_seconds(run_dir) -> dict[str, float]:
+    """Job id -> seconds of its last finished attempt, from a run's jobs.csv ({} without one)."""
+    import pandas as pd
+    from pathlib import Path
+
+    path = Path(run_dir) / LEDGER
+    if not path.is_file():
+        return {}
+    df = pd.read_csv(path)
+    done = df[df["status"] == "done"]
+    return {str(j): float(s) for j, s in zip(done["job"], done["seconds"])}
+
+
+def run_plan(cfg, log) -> int:
+    """--mode plan: the job graph of this config (no data read), with measured times if the run has them."""
+    from pathlib import Path
+
+    folds = {k: resolve_combinations(cfg) for k in range(cfg.search.cv_folds)}
+    jobs = plan_jobs(folds)
+    check_plan(jobs)
+    log.warning("plan of %s: %d combinations x %d folds\n%s", cfg.runtime.run_name, len(folds[0]),
+                cfg.search.cv_folds, describe_plan(jobs))
+    seconds = measured_seconds(Path(cfg.runtime.logs_dir) / cfg.runtime.run_name)
+    if seconds:
+        known = sum(j.id in seconds for j in jobs)
+        path, length = critical_path(jobs, seconds)
+        total = sum(seconds.get(j.id, 0.0) for j in jobs)
+        log.warning("measured in %s (%d of %d jobs): %.0f s of jobs in all; critical path %.0f s: %s; with enough "
+                    "workers the search takes at least %.0f%% of its one-worker time", LEDGER, known, len(jobs),
+                    total, length, " -> ".join(path), 100 * length / total if total else 0)
+    return 0

@@ -118,7 +118,7 @@ def run_job(ctx: JobContext, job: Job, deps: dict) -> dict:
             record = _pretrain(ctx, job) if job.kind == "pretrain" else _combination(ctx, job, deps, runtime)
     gc.collect()
     return {**record, "id": job.id, "kind": job.kind, "fold": job.fold, "name": job.name, "key": job.key,
-            "seconds": round(time.time() - t, 2), "pid": os.getpid()}
+            "seconds": round(time.time() - t, 2), "pid": os.getpid(), "host": socket.gethostname()}
 
 
 def _forest(ctx, job) -> dict:

@@ -22,12 +22,10 @@ import pandas as pd
 import tensorflow as tf
 
 from medfusion import __version__
-from medfusion.config import Config, ConfigError, config_to_dict, config_yaml, flatten, result_differences
-from medfusion.constants import CLASSES, IMAGE_MODALITIES, MODALITIES, PRETRAIN_CACHE_DIR
-from medfusion.constants import all_combinations, canonical_combination, image_modalities_of
-from medfusion.data.folds import (check_fold_classes, check_folds, class_distribution, fold_indices, make_folds,
-                                  read_fold_file, selection_split, subsample_patients)
-from medfusion.data.manifest import Manifest
+from medfusion.config import Config, ConfigError, config_to_dict, flatten
+from medfusion.constants import CLASSES, IMAGE_MODALITIES, PRETRAIN_CACHE_DIR, image_modalities_of
+from medfusion.data.folds import (check_fold_classes, class_distribution, fold_indices, selection_split,
+                                  subsample_patients)
 from medfusion.evaluation.aggregate import compare, format_summary, pooled_by_combination, results_frame, row_from_job
 from medfusion.evaluation.aggregate import summarize
 from medfusion.evaluation.calibration import calibration_table
@@ -35,26 +33,16 @@ from medfusion.evaluation.oracle import OracleReference
 from medfusion.executors import JobsFailed, execute, failure_report, make_executor
 from medfusion.heldout import evaluate_test, hold_out
 from medfusion.jobs import pretrain_key
-from medfusion.plan import FoldSplit, Job, check_plan, content_key, describe_plan, job_id, plan_jobs
+from medfusion.plan import LEDGER, FoldSplit, Job, check_plan, content_key, describe_plan, job_id, plan_jobs
+from medfusion.plan import resolve_combinations  # noqa: F401 - imported from here by predict, explain, tests
 from medfusion.recompute import predict_fold, rescore_from_predictions
+from medfusion.run_folder import fold_assignment, open_run
 from medfusion.runner import JobContext, write_job_outputs
-from medfusion.runs import (FileLog, RunState, atomic_write_csv, atomic_write_json, atomic_write_text, crash_point,
-                            prepare_run_dir, remove_stale_temporaries)
-from medfusion.runs import check_run_folder, folds_problem, read_run_csv, read_run_json, read_run_yaml
+from medfusion.runs import FileLog, RunState, atomic_write_csv, atomic_write_json, crash_point, read_run_csv, read_run_json
 from medfusion.store import RunLock
 from medfusion.training.devices import describe
 
 log = logging.getLogger("medfusion")
-
-
-def resolve_combinations(cfg: Config) -> list[str]:
-    """The configured combinations (canonical names), or every non-empty combination of the modalities."""
-    if cfg.search.combinations:
-        combos = {canonical_combination(str(c).split("+")) for c in cfg.search.combinations}
-        combos |= {m for c in combos for m in c.split("+")}  # single-modality baselines always run alongside
-        order = all_combinations(MODALITIES)
-        return sorted(combos, key=order.index)
-    return all_combinations(cfg.search.modalities)
 
 
 def _counts(labels: np.ndarray) -> dict:
@@ -85,56 +73,6 @@ class Search:
     def _oracle(self) -> OracleReference:
         return OracleReference(self.cfg.data.data_dir, self.run_dir, {m for c in self.combinations for m in c.split("+")})
 
-    # ------------------------------------------------------------------ run folder and modes
-    def _open_run(self) -> bool:
-        """Create or reopen the run folder per the resume mode; True when continuing an existing run."""
-        cfg, mode = self.cfg, self.cfg.runtime.resume_mode
-        self.run_lock.acquire_or_refuse()  # before anything in the folder is read, moved aside or written
-        existing = (self.run_dir / "config.yaml").is_file()
-        if mode in ("from_models", "from_predictions"):
-            if not existing or not (self.run_dir / "state.json").is_file():
-                raise FileNotFoundError(f"--resume_mode {mode} needs a finished or partial run in {self.run_dir} "
-                                        "(config.yaml and state.json); run a search with that --run_name first")
-        if mode == "fresh" or not existing:
-            prepare_run_dir(cfg.runtime.logs_dir, cfg.runtime.run_name, log)
-            atomic_write_text(self.run_dir / "config.yaml", config_yaml(cfg))
-            return False
-        check_run_folder(self.run_dir)  # a damaged file stops here, before anything in the folder changes
-        stale = remove_stale_temporaries(self.run_dir)
-        if stale:
-            log.info("removed %d half-written temporary file(s) left by an interrupted attempt", stale)
-        saved = read_run_yaml(self.run_dir / "config.yaml")
-        diffs = result_differences(saved, cfg)
-        if diffs:
-            lines = "\n".join(f"  {k}: run has {a!r}, now {b!r}" for k, a, b in diffs)
-            raise ConfigError(
-                f"cannot resume run {cfg.runtime.run_name!r}: these result-affecting settings differ from "
-                f"{self.run_dir / 'config.yaml'}:\n{lines}\nUse the run's settings to continue it, "
-                f"--resume_mode fresh to restart it (the old folder is kept aside), or a new --run_name.")
-        return True
-
-    def _folds(self, manifest: Manifest, resuming: bool) -> dict:
-        path = self.run_dir / "folds.json"
-        if resuming and path.is_file():
-            assignment = read_run_json(path, folds_problem)
-            ids = set(manifest.samples["sample_id"])
-            if ids != set(assignment):
-                extra, missing = sorted(ids - set(assignment)), sorted(set(assignment) - ids)
-                raise RuntimeError(f"{path} does not match the dataset ({len(extra)} new samples, e.g. {extra[:3]}; "
-                                   f"{len(missing)} gone, e.g. {missing[:3]}): the data changed since the run "
-                                   "started; use --resume_mode fresh or a new --run_name")
-            check_folds(manifest, assignment)
-            log.info("folds: reusing %s", path)
-            return assignment
-        if self.cfg.search.folds_file:
-            assignment = read_fold_file(self.cfg.search.folds_file, manifest, self.cfg.search.cv_folds)
-            log.info("folds: read from %s (validated: every sample covered, no patient in two folds)",
-                     self.cfg.search.folds_file)
-        else:
-            assignment = make_folds(manifest, self.cfg.search.cv_folds, self.cfg.search.seed)
-        atomic_write_json(path, assignment)
-        return assignment
-
     # ------------------------------------------------------------------ orchestration
     def run(self) -> pd.DataFrame:
         """The search, holding the run folder's lock: a second search on it is refused; released on any exit."""
@@ -159,7 +97,7 @@ class Search:
                                 f"\nRun python main.py --mode check_data --data_dir {cfg.data.data_dir} for details.")
             manifest = subsample_patients(check.manifest, cfg.search.data_percentage, cfg.search.seed,
                                           n_folds=cfg.search.cv_folds)
-        resuming = self._open_run()
+        resuming = open_run(cfg, self.run_dir, self.run_lock)
         self.state = RunState(self.run_dir)
         with FileLog(self.run_dir / "run.log") as run_log:
             log.info("run %s (%s): %d combinations x %d folds -> %s", cfg.runtime.run_name,
@@ -176,7 +114,7 @@ class Search:
             manifest, self.test_manifest = hold_out(self, manifest, resuming)
             self.manifest = manifest
             self.oracle_ref = self._oracle()  # the demo's oracle.csv exists once the data check generated it
-            self.assignment = self._folds(manifest, resuming)
+            self.assignment = fold_assignment(cfg, self.run_dir, manifest, resuming)
             for warning in check_fold_classes(manifest, self.assignment, cfg.search.cv_folds):
                 log.warning("%s", warning)
             self.crops = {}
@@ -333,9 +271,18 @@ class Search:
             check_plan(jobs)
             with FileLog(self.run_dir / "run.log"):
                 log.info("plan (%s executor): %s", executor.name, describe_plan(jobs).replace("\n", "; "))
-            return execute(jobs, executor, cfg.runtime.job_retries, self._job_done)
+            failures = execute(jobs, executor, cfg.runtime.job_retries, self._job_done)
         finally:
             executor.close()
+        for f in failures:
+            self._ledger({"job": f.job, "status": "failed", "attempts": f.attempts, "error": f.error})
+        return failures
+
+    def _ledger(self, row: dict) -> None:
+        """jobs.csv: one row per job that ended in this run (kept across resumes; --mode plan reads its times)."""
+        path = self.run_dir / LEDGER
+        old = read_run_csv(path) if path.is_file() else pd.DataFrame()
+        atomic_write_csv(path, pd.concat([old, pd.DataFrame([row])], ignore_index=True), float_format=None)
 
     def _check_replicas(self, executor: str) -> None:
         """The replica count sets the global batch, so a run continues only with the count it started with."""
@@ -385,6 +332,9 @@ class Search:
     def _job_done(self, job: Job, record: dict) -> None:
         """The driver's side of a finished job: only here are state.json and results.csv written."""
         k = job.fold
+        self._ledger({"job": job.id, "status": "done", "attempts": record["attempts"], "kind": job.kind, "fold": k, "name": job.name,
+                      "key": job.key, "seconds": record["seconds"], "host": record.get("host", ""),
+                      "pid": record["pid"]})
         with FileLog(self.run_dir / f"fold_{k}.log"), FileLog(self.run_dir / "run.log"):
             if job.kind != "combination":
                 log.info("job %s finished in %.1fs", job.id, record["seconds"])

@@ -1,0 +1,86 @@
+"""execute(): dependency order, retries, failures reported while the rest goes on, cancellation on Ctrl-C."""
+
+import pytest
+
+from medfusion.executors import execute, failure_report
+from medfusion.plan import plan_jobs
+
+
+class ScriptedExecutor:
+    """Runs nothing: a job 'finishes' with a record or raises as scripted (job id -> failures before success)."""
+
+    def __init__(self, failures=None, interrupt_at=None, capacity=2):
+        self.failures, self.interrupt_at, self.capacity = dict(failures or {}), interrupt_at, capacity
+        self.started, self.cancelled, self._jobs, self._n = [], [], {}, 0
+
+    def has_capacity(self, n_running):
+        return n_running < self.capacity
+
+    def submit(self, job, deps):
+        assert set(deps) == set(job.deps)  # a job starts only with the records of everything it reads
+        self._n += 1
+        self._jobs[self._n] = job
+        self.started.append(job.id)
+        return self._n
+
+    def wait_one(self, handles):
+        h = handles[0]
+        job = self._jobs.pop(h)
+        if job.id == self.interrupt_at:
+            raise KeyboardInterrupt
+        if self.failures.get(job.id, 0):
+            self.failures[job.id] -= 1
+            return h, RuntimeError(f"boom in {job.id}")
+        return h, {"id": job.id}
+
+    def cancel(self, handles):
+        self.cancelled += list(handles)
+
+
+JOBS = plan_jobs({0: ["metadata", "depth_rgb", "metadata+depth_rgb"], 1: ["metadata"]})
+
+
+def _run(executor, retries=1):
+    done = {}
+    failures = execute(JOBS, executor, retries, lambda job, rec: done.setdefault(job.id, rec["attempts"]))
+    return done, failures
+
+
+def test_every_job_runs_once_after_what_it_reads():
+    ex = ScriptedExecutor()
+    done, failures = _run(ex)
+    assert failures == [] and sorted(ex.started) == sorted(j.id for j in JOBS) and len(ex.started) == len(JOBS)
+    order = {j: i for i, j in enumerate(ex.started)}
+    for job in JOBS:
+        assert all(order[d] < order[job.id] for d in job.deps)
+    assert set(done.values()) == {1}
+
+
+def test_a_job_that_fails_once_is_retried_and_finishes():
+    done, failures = _run(ScriptedExecutor({"pretrain/fold_0/depth_rgb": 1}), retries=1)
+    assert failures == [] and done["pretrain/fold_0/depth_rgb"] == 2
+
+
+def test_a_job_that_keeps_failing_is_reported_and_only_its_dependents_are_skipped():
+    done, failures = _run(ScriptedExecutor({"pretrain/fold_0/depth_rgb": 5}), retries=1)
+    by_job = {f.job: f for f in failures}
+    assert by_job["pretrain/fold_0/depth_rgb"].attempts == 2
+    assert "boom" in by_job["pretrain/fold_0/depth_rgb"].error
+    assert by_job["combination/fold_0/depth_rgb"].error.startswith("not run: pretrain/fold_0/depth_rgb failed")
+    assert set(by_job) == {"pretrain/fold_0/depth_rgb", "combination/fold_0/depth_rgb",
+                           "combination/fold_0/metadata+depth_rgb"}
+    assert set(done) == {"forest/fold_0", "combination/fold_0/metadata", "forest/fold_1", "combination/fold_1/metadata"}
+    text = failure_report(failures)
+    assert "3 job(s) did not finish" in text and "pretrain/fold_0/depth_rgb: RuntimeError: boom" in text
+
+
+def test_no_retries_means_one_attempt():
+    _, failures = _run(ScriptedExecutor({"forest/fold_1": 1}), retries=0)
+    assert [f.job for f in failures] == ["forest/fold_1", "combination/fold_1/metadata"]
+
+
+def test_an_interrupt_cancels_the_running_jobs_and_propagates():
+    ex = ScriptedExecutor(interrupt_at="pretrain/fold_0/depth_rgb")
+    with pytest.raises(KeyboardInterrupt):
+        _run(ex)
+    assert ex.cancelled  # what was still running was handed to cancel
