@@ -167,3 +167,38 @@ def test_load_crops_bad_box_names_sample(tiny_layout):
     man.samples.loc[0, "thermal_map_xmax"] = 600
     with pytest.raises(ValueError, match=man.samples.sample_id.iloc[0]):
         load_crops(man, "thermal_map", 16, 0.1)
+
+
+def test_parallel_decode_is_bit_identical_to_serial(tiny_layout, monkeypatch):
+    """Threads write disjoint rows of one array; any order of completion gives the serial bytes."""
+    import threading
+    import time
+
+    man = load_dfu(tiny_layout, DataConfig())
+    clear_crop_cache()
+    serial = load_crops(man, "thermal_map", 16, 0.15, workers=1)
+    clear_crop_cache()
+    threads, real = set(), images._decode
+
+    def slow_first(path, cfg):  # the first frame finishes last, so completion order differs from frame order
+        threads.add(threading.current_thread().name)
+        if path == man.samples.thermal_map_path.iloc[0]:
+            time.sleep(0.2)
+        return real(path, cfg)
+
+    monkeypatch.setattr(images, "_decode", slow_first)
+    parallel = load_crops(man, "thermal_map", 16, 0.15, workers=4)
+    assert parallel.tobytes() == serial.tobytes() and parallel.shape == serial.shape
+    assert len(threads) > 1 and all(t.startswith("decode-thermal_map") for t in threads)
+    assert load_crops(man, "thermal_map", 16, 0.15) is parallel  # held once: later calls get the same array
+    clear_crop_cache()
+
+
+def test_parallel_decode_reports_the_first_bad_frame_in_manifest_order(tiny_layout):
+    clear_crop_cache()
+    man = load_dfu(tiny_layout, DataConfig())
+    for i in (0, 2):
+        man.samples.loc[i, "depth_rgb_xmin"], man.samples.loc[i, "depth_rgb_xmax"] = 900, 990
+    with pytest.raises(ValueError, match=repr(man.samples.sample_id.iloc[0])):
+        load_crops(man, "depth_rgb", 16, 0.1, workers=4)
+    clear_crop_cache()

@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -213,14 +215,23 @@ def _decode(path: str, map_cfg):
     return read_frame(path), None
 
 
+def decode_workers() -> int:
+    """Threads for load_crops: OpenCV releases the GIL while it decodes and resizes, so threads scale."""
+    return max(1, min(DECODE_THREADS_MAX, os.cpu_count() or 1))
+
+
+DECODE_THREADS_MAX = 8  # beyond this the disk, not the CPU, is the limit for PNG frames
+
+
 def load_crops(manifest, modality: str, image_size: int, margin: float, log: logging.Logger | None = None,
-               maps=None) -> np.ndarray:
+               maps=None, workers: int | None = None) -> np.ndarray:
     """Crops of one modality for every manifest row: uint8 (N, image_size, image_size, 3).
 
-    Each distinct frame is decoded once; the result is cached in-process (keyed by the paths,
-    boxes, size, margin and map rule) and returned read-only - copy it before writing into it.
-    `maps` (a MapsConfig; default: the one load_dfu recorded in manifest.report) sets how a 16-bit
-    depth_map / thermal_map is normalised.
+    Each distinct frame is decoded once, by a pool of `workers` threads (default decode_workers()),
+    each writing its frame's rows straight into the one output array; the result is cached
+    in-process (keyed by the paths, boxes, size, margin and map rule) and returned read-only, the
+    same array to every caller - copy it before writing into it. `maps` (a MapsConfig; default:
+    the one load_dfu recorded in manifest.report) sets how a 16-bit depth_map / thermal_map is normalised.
     """
     log = log or logging.getLogger("medfusion.data.images")
     s = manifest.samples
@@ -239,7 +250,9 @@ def load_crops(manifest, modality: str, image_size: int, margin: float, log: log
     n = len(by_frame)
     marks = {max(1, round(n * q)) for q in (0.25, 0.5, 0.75, 1.0)} if n >= 100 else set()
     ids = s["sample_id"].astype(str).tolist() if "sample_id" in s.columns else [str(i) for i in range(len(paths))]
-    for done, (p, rows) in enumerate(by_frame.items(), start=1):
+
+    def one_frame(item) -> None:
+        p, rows = item
         try:
             frame, raw = _decode(p, map_cfg)
         except (FileNotFoundError, ValueError) as exc:
@@ -253,8 +266,14 @@ def load_crops(manifest, modality: str, image_size: int, margin: float, log: log
             except ValueError as exc:
                 raise ValueError(f"sample {ids[i]!r}, {modality} frame {p!r}: {exc}") from None
             out[i] = resize_pad(crop, image_size)
-        if done in marks:
-            log.info("%s crops: %d/%d frames decoded (%d%%)", modality, done, n, round(100 * done / n))
+
+    workers = decode_workers() if workers is None else max(1, int(workers))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"decode-{modality}") as pool:
+        # results in frame order: the first bad frame in manifest order is the one reported
+        for done, _ in enumerate(pool.map(one_frame, by_frame.items()), start=1):
+            if done in marks:
+                log.info("%s crops: %d/%d frames decoded (%d%%, %d threads)", modality, done, n,
+                         round(100 * done / n), workers)
     out.flags.writeable = False
     _CROP_CACHE[key] = out
     return out
