@@ -59,7 +59,8 @@ def test_two_searches_at_once_train_each_pretraining_once(tmp_path, tiny_data):
     stale = logs / store.RUN_LOCKS_DIR / "a.lock"
     stale.parent.mkdir(parents=True)
     stale.write_text(json.dumps({"pid": 999999, "host": "gone", "started": "yesterday"}))  # left by a killed search
-    procs = [_start(logs, tiny_data, name) for name in ("a", "b")]
+    # one inline, one on Ray: the cache lock is taken by the job, in whichever process runs it
+    procs = [_start(logs, tiny_data, name, *extra) for name, extra in (("a", ()), ("b", ("--executor", "ray")))]
     for p in procs:
         _finish(p)
     logs_text = {name: (logs / name / "run.log").read_text() for name in ("a", "b")}

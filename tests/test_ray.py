@@ -54,13 +54,23 @@ def _wait_for_finished_jobs(state, proc, n, timeout=600):
     raise AssertionError("no finished job in time")
 
 
-def test_a_killed_ray_driver_resumes_with_the_same_command(tmp_path, tiny_data):
+def test_a_stopped_or_killed_ray_driver_resumes_with_the_same_command(tmp_path, tiny_data):
     cmd = search_command(tmp_path / "logs", tiny_data, *COMBO, *RAY)
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     run = tmp_path / "logs" / "e2e"
-    finished = _wait_for_finished_jobs(run / "state.json", proc, 2)
+    start = lambda: subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,  # noqa: E731
+                                     text=True, start_new_session=True)
+    # SIGTERM (a preempted node) after the first finished job: running tasks cancelled, exit 130, resumable
+    proc = start()
+    _wait_for_finished_jobs(run / "state.json", proc, 1)
+    os.kill(proc.pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-3000:]
+    assert "Resume with the same command" in out
+    # the same command, SIGKILLed once more jobs are finished
+    proc = start()
+    _wait_for_finished_jobs(run / "state.json", proc, 3)
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc.communicate(timeout=120)
     time.sleep(2)  # Ray's reaper stops the local instance's workers once their driver is gone
     finished = sorted(json.loads((run / "state.json").read_text())["jobs"])  # as the kill left it
     resumed = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)

@@ -160,3 +160,17 @@ def test_one_pretraining_per_modality_and_fold_shared_across_runs(tmp_path, data
     assert len(re.findall(r"pre-training \S+ cache key \S+ \(found, reused\)", log_b)) == 4
     job = json.loads((logs / "b" / "jobs" / "metadata+depth_rgb+thermal_map" / "fold_0.json").read_text())
     assert job["pretrain"]["depth_rgb"]["reused"] is True
+
+
+def test_a_resume_on_another_replica_count_is_refused(copy_run, tiny_data):
+    """The global batch is per-replica batch x replicas: continuing a run on other devices would change it."""
+    from tests.harness import run_search
+
+    saved = json.loads((copy_run / "runtime.json").read_text())
+    assert saved["replicas"] == 1 and saved["global_batch"] == saved["per_replica_batch"]
+    state = (copy_run / "state.json").read_bytes()
+    _, proc = run_search(copy_run.parent, tiny_data, "--combinations", "metadata+depth_rgb", "--cpu_replicas", "2",
+                         run_name=copy_run.name, check=False)
+    assert proc.returncode == 2
+    assert "it trained with 1 replica(s) (global batch 16), this search would use 2 (global batch 32)" in proc.stderr
+    assert (copy_run / "state.json").read_bytes() == state

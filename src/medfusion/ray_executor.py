@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from pathlib import Path
 
 from medfusion.runner import JobContext, run_job
@@ -67,9 +68,12 @@ class RayExecutor:
         rt = cfg.runtime
         self.ray, self.started = ray, False
         if not ray.is_initialized():
-            address = rt.ray_address or None
-            ray.init(address=address, include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING,
-                     runtime_env={"env_vars": _passed_env()})
+            term = signal.getsignal(signal.SIGTERM)
+            ray.init(address=rt.ray_address or None, include_dashboard=False, log_to_driver=True,
+                     logging_level=logging.WARNING, runtime_env={"env_vars": _passed_env()})
+            # Ray's failure handler takes SIGTERM (it dumps a stack and dies with 15); a preempted driver must
+            # instead stop like Ctrl-C: cancel its tasks and leave the run resumable (cli.py's handler)
+            signal.signal(signal.SIGTERM, term)
             self.started = True
         res = ray.cluster_resources()
         gpus = rt.gpus_per_job if rt.gpus_per_job >= 0 else (1 if res.get("GPU", 0) > 0 else 0)
