@@ -229,21 +229,29 @@ def run_stage(stage: str, model: keras.Model, strategy: tf.distribute.Strategy, 
 
     fit = _fit(stage, model, trained, strategy, cfg, val_ds, stream, plan, checkpoint, checkpoint_every,
                tensorboard_dir, cache)
+    result = _result(stage, model, cfg, plan, fit, (cache, data), alpha, (trainable, total), len(y_val), jit)
+    if checkpoint is not None:
+        checkpoint.save_final(model, result.to_dict())
+    return result
+
+
+def _result(stage, model, cfg, plan, fit, cached, alpha, params, n_val, jit) -> StageResult:
+    """The StageResult of a stage just fit (and the log lines on the time the feature cache saved)."""
+    (cache, data), (trainable, total) = cached, params
     best, epoch_log, fusion = fit["best"], fit["epoch_log"], fusion_layer(model)
     epochs_run = len(epoch_log.history.get("loss", []))
     cache_info = {"used": cache.use, "reason": cache.reason}
     if data is not None:
-        saved = feature_cache.saved_seconds(data, cache, epochs_run - fit["initial_epoch"], plan.steps_per_epoch,
-                                            plan.batch, len(y_val))
+        epochs_now = epochs_run - fit["initial_epoch"]
+        saved = feature_cache.saved_seconds(data, cache, epochs_now, plan.steps_per_epoch, plan.batch, n_val)
         cache_info.update(seconds=round(data.seconds, 2), estimated_saved_seconds=round(saved, 2))
         log.info("  [%s] feature cache saved about %.1fs (estimated: %d epochs of backbone passes at %.2g s per "
-                 "image, minus %.1fs computing the cache)", stage, saved, epochs_run - fit["initial_epoch"],
-                 data.per_sample, data.seconds)
+                 "image, minus %.1fs computing the cache)", stage, saved, epochs_now, data.per_sample, data.seconds)
     result = StageResult(
         stage=stage, lr=cfg.lr, epochs_planned=cfg.epochs, epochs_run=epochs_run,
         best_epoch=best.best_epoch, best_val_qwk=float(best.best), start_val_qwk=float(fit["start_qwk"]),
         trainable_params=trainable, total_params=total, batch=plan.batch, global_batch=plan.global_batch,
-        steps_per_epoch=plan.steps_per_epoch, n_train=len(y_train), n_val=len(y_val),
+        steps_per_epoch=plan.steps_per_epoch, n_train=plan.n_samples, n_val=n_val,
         alpha=[float(a) for a in alpha], seconds=round(fit["seconds"], 2), stopped_early=best.stopped_early,
         history=epoch_log.history, fusion_rf_weight_start=fit["w_start"],
         fusion_rf_weight_end=fusion.rf_weight() if fusion is not None else None,
@@ -251,8 +259,6 @@ def run_stage(stage: str, model: keras.Model, strategy: tf.distribute.Strategy, 
     log.info("  [%s] done: best epoch %d of %d, val QWK %.4f (start %.4f), %.1fs%s", stage, result.best_epoch,
              result.epochs_run, result.best_val_qwk, result.start_val_qwk, fit["seconds"],
              "" if fusion is None else f", forest weight {fit['w_start']:.3f} -> {result.fusion_rf_weight_end:.3f}")
-    if checkpoint is not None:
-        checkpoint.save_final(model, result.to_dict())
     return result
 
 
