@@ -204,7 +204,7 @@ def fusion_job(ctx, combo, k, sp, p_meta, pretrained, seed, job):
     set_backbones_trainable(model, False)
     s1_ckpt = StageCheckpoint(ckpt_dir / "stage1")
     s1 = run_stage("stage1", model, ctx.strategy, train, sel, cfg.train.stage1, alpha, cfg.train.focal_gamma,
-                   cfg.train.batch_size, seed, cfg.train.augment, checkpoint=s1_ckpt,
+                   cfg.train.batch_size, seed, cfg.train.augment, checkpoint=s1_ckpt, checkpoint_every=cfg.train.checkpoint_every,
                    tensorboard_dir=ctx.run_dir / "tensorboard" / combo / f"fold_{k}" / "stage1")
     job["stages"]["stage1"] = s1.to_dict()
     w_end = s1.fusion_rf_weight_end
@@ -232,7 +232,7 @@ def _stage2(ctx, model, ckpt_dir, train, sel, alpha, seed, s1, s1_ckpt, job):
     fresh = s2_ckpt.completed() is None
     s2 = run_stage("stage2", model, ctx.strategy, train, sel, cfg.train.stage2, alpha,
                    cfg.train.focal_gamma, cfg.train.batch_size, seed + 1000, cfg.train.augment,
-                   checkpoint=s2_ckpt, tensorboard_dir=ctx.run_dir / "tensorboard" /
+                   checkpoint=s2_ckpt, checkpoint_every=cfg.train.checkpoint_every, tensorboard_dir=ctx.run_dir / "tensorboard" /
                    ckpt_dir.relative_to(ctx.run_dir / "checkpoints") / "stage2")
     if fresh or s2.backbone_change is None:
         s2.backbone_change = relative_change(before, backbone_snapshot(model))

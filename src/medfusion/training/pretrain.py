@@ -132,7 +132,7 @@ def run_pretraining(modality: str, model: keras.Model, strategy: tf.distribute.S
         ckpt = StageCheckpoint(Path(checkpoint_dir) / phase) if checkpoint_dir is not None else None
         r = run_stage(f"pretrain {modality} {phase}" if recipe == RECIPE_TRANSFER else f"pretrain {modality}",
                       model, strategy, train, val, stage_cfg, equal_alpha(3), t.focal_gamma, t.batch_size,
-                      seed + i, t.augment, checkpoint=ckpt,
+                      seed + i, t.augment, checkpoint=ckpt, checkpoint_every=t.checkpoint_every,
                       tensorboard_dir=None if tensorboard_dir is None else Path(tensorboard_dir) / phase)
         r.backbone_change = relative_change(before, backbone_snapshot(model))
         result.phases[phase] = r
