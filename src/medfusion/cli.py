@@ -135,7 +135,16 @@ def _resume_command(argv) -> str:
 
 
 def _sigterm_to_interrupt(signum, frame):
-    raise KeyboardInterrupt  # a preempted node gets the same clean stop as Ctrl-C
+    _interrupt(signum, frame)  # a preempted node gets the same clean stop as Ctrl-C
+
+
+def _interrupt(signum, frame):
+    # remembered, because TensorFlow can turn the KeyboardInterrupt raised inside one of its callbacks into an
+    # ordinary error, which must then stop the search rather than count as a job failure to retry
+    from medfusion.runs import mark_interrupted
+
+    mark_interrupted()
+    raise KeyboardInterrupt
 
 
 def _run_light_mode(args, cfg, log) -> int:
@@ -190,6 +199,8 @@ def main(argv=None) -> int:
     import signal
 
     signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # an ignored SIGINT (nohup, &) stays ignored
+        signal.signal(signal.SIGINT, _interrupt)
     args = build_parser().parse_args(argv)
     try:
         cfg = resolve_config(args)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from medfusion.plan import Job
 from medfusion.runner import JobContext, run_job
+from medfusion.runs import interrupted
 
 log = logging.getLogger("medfusion")
 
@@ -112,7 +113,8 @@ class InlineExecutor:
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # noqa: BLE001 - every job error is reported, the search goes on
-            log.debug("job %s raised", job.id, exc_info=True)
+            if interrupted():  # TensorFlow wrapped the Ctrl-C in an error of its own
+                raise KeyboardInterrupt from exc
             return handle, exc
 
     def cancel(self, handles: list) -> None:

@@ -25,7 +25,7 @@ from medfusion.constants import image_modalities_of
 from medfusion.evaluation.scoring import job_scores
 from medfusion.evaluation.visits import PROBA_COLUMNS
 from medfusion.plan import FoldSplit, Job
-from medfusion.runs import FileLog, atomic_write_csv, atomic_write_json
+from medfusion.runs import FileLog, atomic_write_csv, atomic_write_json, interrupted
 
 log = logging.getLogger("medfusion")
 
@@ -96,7 +96,8 @@ def _traceback_logged(job: Job):
     try:
         yield
     except Exception:
-        log.error("job %s raised:\n%s", job.id, traceback.format_exc().rstrip())
+        if not interrupted():  # after Ctrl-C the error is the stop itself (cli.py), not something to debug
+            log.error("job %s raised:\n%s", job.id, traceback.format_exc().rstrip())
         raise
 
 

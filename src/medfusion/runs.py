@@ -20,6 +20,18 @@ LOGGER_NAME = "medfusion"
 
 
 _crash_counts: dict[str, int] = {}
+_interrupted = False
+
+
+def mark_interrupted() -> None:
+    """Called by the Ctrl-C / SIGTERM handler (cli.py)."""
+    global _interrupted
+    _interrupted = True
+
+
+def interrupted() -> bool:
+    """True once this process was asked to stop: an error seen afterwards is the stop, not a job failure."""
+    return _interrupted
 
 
 def crash_point(name: str) -> None:
