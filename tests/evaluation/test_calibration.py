@@ -1,12 +1,12 @@
 import numpy as np
 import pandas as pd
 import pytest
-
 from scipy.special import softmax
 from sklearn.metrics import log_loss as sk_log_loss
 
 from medfusion.evaluation.calibration import (apply_temperature, calibrate_job, calibration_table,
                                              expected_calibration_error, fit_temperature, reliability)
+from tests.test_honest import honest_data  # noqa: F401  (the [honest] dataset fixture)
 
 
 def test_ece_equals_a_hand_computation():
@@ -83,3 +83,37 @@ def test_an_empty_selection_split_and_an_unknown_method_are_refused():
         calibrate_job("temperature", proba[:0], y[:0], proba)
     with pytest.raises(ValueError, match="platt"):
         calibrate_job("platt", proba, y, proba)
+
+
+@pytest.mark.slow
+def test_temperature_fit_on_selection_never_reads_the_validation_labels(tmp_path, honest_data):
+    """[honest]'s relabelling with train.calibrate: temperature: fold 0's T and predictions stay bit-identical."""
+    import json
+
+    from tests.harness import DETERMINISTIC_ENV, relabel_patients, run_search
+    from tests.test_honest import COMBOS, _fold0
+
+    extra = ["--combinations", "metadata+depth_rgb", "--deterministic", "--set", "train.calibrate=temperature",
+             "--set", "train.pretrain.epochs=4", "--set", "train.stage1.epochs=4"]
+    a, _ = run_search(tmp_path / "a", honest_data, *extra, env=DETERMINISTIC_ENV)
+    val0 = pd.read_csv(a / "predictions" / "metadata" / "fold_0.csv")
+    relabelled = relabel_patients(honest_data, tmp_path / "relabelled", set(val0["patient"]))
+    b, _ = run_search(tmp_path / "b", relabelled, *extra, "--folds", str(a / "folds.json"), env=DETERMINISTIC_ENV)
+    yb = pd.read_csv(b / "predictions" / "metadata" / "fold_0.csv")
+    assert (yb["y_true"] != val0["y_true"]).all()  # every fold-0 validation label moved
+
+    def calibration(run):
+        return {c: json.loads((run / "jobs" / c / "fold_0.json").read_text())["calibration"] for c in COMBOS}
+
+    cal_a, cal_b = calibration(a), calibration(b)
+    assert all(r["method"] == "temperature" and r["temperature"] != 1.0 for r in cal_a.values()), cal_a
+    assert json.dumps(cal_a, sort_keys=True) == json.dumps(cal_b, sort_keys=True)  # T bit-identical (repr in JSON)
+    fa, fb = _fold0(a), _fold0(b)
+    changed = [k for k in fa if fa[k] != fb[k]]
+    assert changed == [], changed
+    # the saved metadata predictions are the forest's probabilities rescaled by T, not the raw ones
+    with np.load(a / "forest" / "fold_0.npz") as z:
+        raw = z[[k for k in z.files if k.startswith("val")][0]]
+    saved = pd.read_csv(a / "predictions" / "metadata" / "fold_0.csv")[["p_I", "p_P", "p_R"]].to_numpy()
+    assert np.allclose(saved, apply_temperature(raw, cal_a["metadata"]["temperature"]), atol=1e-5)
+    assert not np.allclose(saved, raw, atol=1e-3)
