@@ -33,6 +33,9 @@ def test_unknown_key_lists_valid_keys(tmp_path):
     ("data.image_size", 0, "data.image_size"),
     ("search.modalities", ["metadata", "xray"], "xray"),
     ("train.batch_size", "big", "train.batch_size"),
+    ("runtime.executor", "spark", "runtime.executor"),
+    ("runtime.job_retries", -1, "runtime.job_retries"),
+    ("runtime.gpus_per_job", -2, "runtime.gpus_per_job"),
 ])
 def test_bad_values_name_the_key(key, value, fragment):
     with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
@@ -97,6 +100,11 @@ def _flag_cases(tmp_path):
         "selection": ("search.selection", "outer", "outer"),
         "test_fraction": ("search.test_fraction", "0.25", 0.25),
         "test_patients": ("search.test_patients_file", str(patients), str(patients)),
+        "executor": ("runtime.executor", "ray", "ray"),
+        "ray_address": ("runtime.ray_address", "ray://head:10001", "ray://head:10001"),
+        "cpus_per_job": ("runtime.cpus_per_job", "4", 4),
+        "gpus_per_job": ("runtime.gpus_per_job", "2", 2),
+        "job_retries": ("runtime.job_retries", "3", 3),
     }
 
 
