@@ -39,6 +39,22 @@ FLAG_KEYS = {
 }
 
 
+def _add_executor_flags(p: argparse.ArgumentParser) -> None:
+    """Where a search's jobs run (executors.py, docs/ray.md)."""
+    p.add_argument("--executor", choices=("inline", "ray"),
+                   help="inline: jobs one by one in this process (default); ray: jobs as Ray tasks, on a local Ray "
+                        "instance or the cluster of --ray_address (docs/ray.md)")
+    p.add_argument("--ray_address", "--ray-address",
+                   help="with --executor ray: 'auto' or ray://host:port joins a running cluster (default: start a "
+                        "local instance sized to this machine)")
+    p.add_argument("--cpus_per_job", "--cpus-per-job", type=int,
+                   help="with --executor ray: CPUs per job (default 1 without GPUs, else the CPUs per GPU)")
+    p.add_argument("--gpus_per_job", "--gpus-per-job", type=int,
+                   help="with --executor ray: GPUs per job (default 1 when the cluster has GPUs, else 0)")
+    p.add_argument("--job_retries", "--job-retries", type=int,
+                   help="run a job that raises again this many times before reporting it (default 1)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python main.py",
@@ -89,18 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the best combination's fold ensemble predicts them once")
     p.add_argument("--test_patients", "--test-patients",
                    help="file of held-out test patient numbers (one per line), instead of --test_fraction")
-    p.add_argument("--executor", choices=("inline", "ray"),
-                   help="inline: jobs one by one in this process (default); ray: jobs as Ray tasks, on a local Ray "
-                        "instance or the cluster of --ray_address (docs/ray.md)")
-    p.add_argument("--ray_address", "--ray-address",
-                   help="with --executor ray: 'auto' or ray://host:port joins a running cluster (default: start a "
-                        "local instance sized to this machine)")
-    p.add_argument("--cpus_per_job", "--cpus-per-job", type=int,
-                   help="with --executor ray: CPUs per job (default 1 without GPUs, else the CPUs per GPU)")
-    p.add_argument("--gpus_per_job", "--gpus-per-job", type=int,
-                   help="with --executor ray: GPUs per job (default 1 when the cluster has GPUs, else 0)")
-    p.add_argument("--job_retries", "--job-retries", type=int,
-                   help="run a job that raises again this many times before reporting it (default 1)")
+    _add_executor_flags(p)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set train.stage2.lr=1e-5 (repeatable)")
     return p
