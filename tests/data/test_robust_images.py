@@ -107,9 +107,9 @@ def test_unreadable_thermal_frame_is_not_a_candidate(tmp_path):
 
 
 def test_box_problems_are_counted_and_name_the_row(tmp_path, caplog):
-    depth = dict(DEPTH)
-    depth["1_P003001ADMW.png"] = [(1, B1), (2, (30, 10, 20, 20)), (3, (30, 10, 30, 20)), (4, (100, 5, 120, 20)),
-                                  (5, (50, 30, 70, 60)), (6, (2, 2, 6, 20))]
+    depth = dict(DEPTH)  # box numbers stay in 1..3 (DATA_FORMAT.md): the problems are spread over two frames
+    depth["1_P003001ADMW.png"] = [(1, B1), (2, (30, 10, 20, 20)), (3, (30, 10, 30, 20))]
+    depth["2_P003011ADMW.png"] = [(1, (100, 5, 120, 20)), (2, (50, 30, 70, 60)), (3, (2, 2, 6, 20))]
     with caplog.at_level(logging.INFO):
         man = load_dfu(_layout(tmp_path, depth=depth), DataConfig())
     b = man.report["depth_boxes"]
@@ -117,12 +117,13 @@ def test_box_problems_are_counted_and_name_the_row(tmp_path, caplog):
     assert (b["inverted_box"], b["zero_area_box"], b["invalid_box"]) == (1, 1, 2)
     assert b["examples"]["inverted_box"] == ["1_P003001ADMW.png#2 (row 2: [30, 10, 20, 20])"]
     assert b["examples"]["zero_area_box"] == ["1_P003001ADMW.png#3 (row 3: [30, 10, 30, 20])"]
-    assert b["outside_frame"] == 1 and "1_P003001ADMW.png#4 (row 4" in b["examples"]["outside_frame"][0]
+    assert b["outside_frame"] == 1 and "2_P003011ADMW.png#1 (row 4" in b["examples"]["outside_frame"][0]
     assert "frame 64x48 / 64x48" in b["examples"]["outside_frame"][0]
-    assert b["clipped"] == 1 and "#5 (row 5" in b["examples"]["clipped"][0]
-    assert b["small_box"] == 1 and "#6 (row 6: 4x18 px)" in b["examples"]["small_box"][0] and MIN_BOX_SIDE == 8
+    assert b["clipped"] == 1 and "2_P003011ADMW.png#2 (row 5" in b["examples"]["clipped"][0]
+    assert b["small_box"] == 1 and "#3 (row 6: 4x18 px)" in b["examples"]["small_box"][0] and MIN_BOX_SIDE == 8
     ids = set(man.samples.sample_id)
-    assert {"P003001AMW_1", "P003001AMW_5", "P003001AMW_6"} <= ids and not {"P003001AMW_2", "P003001AMW_4"} & ids
+    assert {"P003001AMW_1", "P003011AMW_2", "P003011AMW_3"} <= ids
+    assert not {"P003001AMW_2", "P003001AMW_3", "P003011AMW_1"} & ids
     assert "2 row(s) dropped (invalid_box)" in caplog.text
     assert "1 box(es) lie entirely outside their frame" in caplog.text
     assert "1 box(es) smaller than 8 px" in caplog.text

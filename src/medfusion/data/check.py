@@ -178,6 +178,11 @@ def _image_warnings(rep: dict) -> list[str]:
         if b.get("small_box"):
             warnings.append(f"{b['small_box']} {what} box(es) are smaller than 8 px on a side (kept; their crops "
                             f"are mostly upscaled), e.g. {', '.join(b['examples']['small_box'][:3])}")
+        if b.get("patient_mismatch"):
+            warnings.append(f"{b['patient_mismatch']} {what} box row(s) have a Patient# that contradicts their file "
+                            f"name and were skipped (the box may belong to another frame), e.g. "
+                            f"{', '.join(b['examples']['patient_mismatch'][:3])}: correct the Patient# or the "
+                            f"Filename in {b['file']}")
     n_unreadable = sum(e["count"] for e in rep.get("unreadable_files", {}).values())
     if n_unreadable:
         warnings.append(f"{n_unreadable} image file(s) are missing, empty, not images or cut short; their frames "

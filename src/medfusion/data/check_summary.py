@@ -7,8 +7,8 @@ from medfusion.constants import IMAGE_MODALITIES
 
 N_SHOWN = 5  # file names shown per reason
 N_MISSING_SHOWN = 8  # metadata columns shown in the missing-value line
-BOX_KINDS = ("invalid_box", "duplicate_box", "unparseable_name", "wrong_camera", "outside_frame", "clipped",
-             "small_box", "frames_not_found")
+BOX_KINDS = ("invalid_box", "duplicate_box", "unparseable_name", "wrong_camera", "patient_mismatch", "outside_frame",
+             "clipped", "small_box", "frames_not_found")
 
 
 def _pct(counts: dict) -> str:
