@@ -12,10 +12,12 @@ What is checked (docs/data_problems.md explains every message):
   too little, a fold whose training part lacks a class are problems; a validation part without a
   class is a warning;
 * the metadata modality with no feature column left is a problem;
-* with `decode=True` (check_data mode) every image file the manifest references is decoded once
-  (a thread pool, nothing cached): damage a header cannot show is a problem, because a search
-  would stop at that file. A search does not decode here; its `images.load_crops` decodes each
-  frame once and caches the crops.
+* damaged image data is a problem, because a search would stop at that file: without `decode`
+  (the check every search runs before its run folder exists) every referenced PNG's IHDR / PLTE /
+  IDAT chunks are checked against their CRC-32 (integrity.py: one read, no decoding) and a 16-bit
+  map the loader failed to decode is named; with `decode=True` (check_data mode) every referenced
+  image file is decoded once (a thread pool, nothing cached). A search itself decodes each frame
+  once, in `images.load_crops`, which caches the crops.
 
 `DatasetCheck.ok` is False exactly when `problems` is non-empty.
 The summaries' text is written by check_summary.py.
@@ -63,15 +65,45 @@ def _search_modalities(cfg) -> set:
     return mods & set(MODALITIES)
 
 
-def _decode_all(manifest: Manifest, log: logging.Logger) -> list[tuple[str, str, int]]:
-    """Decode every distinct image file the manifest references; (path, error, n_samples) per failure."""
-    from medfusion.data.images import read_frame
-
+def _referenced(manifest: Manifest) -> dict[str, int]:
+    """Every distinct image file the manifest references -> the number of samples using it."""
     s = manifest.samples
     uses: dict[str, int] = {}
     for m in IMAGE_MODALITIES:
         for p, n in s[f"{m}_path"].value_counts(sort=False).items():
             uses[str(p)] = uses.get(str(p), 0) + int(n)
+    return uses
+
+
+def _damage_problems(manifest: Manifest, log: logging.Logger, stats: dict) -> list[str]:
+    """Frames a search would stop at, found without decoding them: a PNG chunk failing its CRC (integrity.py),
+    or a 16-bit map the loader could not decode. Runs before any run folder exists; check_data decodes instead."""
+    from medfusion.data.integrity import png_damage
+
+    uses = _referenced(manifest)
+    undecodable = manifest.report.get("undecodable_maps", {})
+    failures = []
+    for p in sorted(uses):
+        why = png_damage(p) or undecodable.get(p)
+        if why:
+            failures.append((p, why, uses[p]))
+    log.info("data check: %d image files checked for damaged image data (PNG chunk checksums), %d damaged",
+             len(uses), len(failures))
+    stats["damaged_files"] = [{"file": p, "error": e, "samples": n} for p, e, n in failures]
+    if not failures:
+        return []
+    shown = "; ".join(e for _, e, _ in failures[:N_SHOWN])
+    return [f"{len(failures)} image file(s) used by {sum(n for _, _, n in failures)} sample(s) have damaged image "
+            f"data that a decoder refuses; a search would stop at the first one. Replace or delete them: {shown}"
+            + (" ..." if len(failures) > N_SHOWN else "")
+            + ". (`--mode check_data` decodes every frame and lists all damage)"]
+
+
+def _decode_all(manifest: Manifest, log: logging.Logger) -> list[tuple[str, str, int]]:
+    """Decode every distinct image file the manifest references; (path, error, n_samples) per failure."""
+    from medfusion.data.images import read_frame
+
+    uses = _referenced(manifest)
     paths = sorted(uses)
 
     def one(p):
@@ -183,6 +215,11 @@ def _image_warnings(rep: dict) -> list[str]:
                             f"name and were skipped (the box may belong to another frame), e.g. "
                             f"{', '.join(b['examples']['patient_mismatch'][:3])}: correct the Patient# or the "
                             f"Filename in {b['file']}")
+    jpeg = rep.get("jpeg_as_png", {})
+    if jpeg.get("count"):
+        warnings.append(f"{jpeg['count']} image file(s) hold JPEG data under a .png name (read by their content, but "
+                        f"JPEG is lossy and 8-bit: a depth or thermal map saved so has lost its physical units), e.g. "
+                        f"{', '.join(jpeg['examples'][:3])}: export them from the source as PNG")
     n_unreadable = sum(e["count"] for e in rep.get("unreadable_files", {}).values())
     if n_unreadable:
         warnings.append(f"{n_unreadable} image file(s) are missing, empty, not images or cut short; their frames "
@@ -219,8 +256,8 @@ def check_dataset(cfg, log: logging.Logger | None = None, *, decode: bool = Fals
     split_problems, warnings, assignment = _split_checks(cfg, manifest, stats)
     problems += split_problems
     warnings += _metadata_warnings(rep, cfg.data.metadata_csv) + _image_warnings(rep)
-    if decode and not rep.get("metadata_only"):
-        problems += _decode_problems(manifest, log, stats)
+    if not rep.get("metadata_only"):  # the full decode finds everything the checksums find
+        problems += _decode_problems(manifest, log, stats) if decode else _damage_problems(manifest, log, stats)
     return DatasetCheck(not problems, problems, manifest, warnings, str(data_dir), stats, assignment)
 
 

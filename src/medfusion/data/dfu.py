@@ -133,6 +133,19 @@ def _frames_not_found(report: dict, log, named: dict, present: dict, folders: di
                         key.replace("_", " "), len(absent), folders[f"{cam}_rgb"], absent[:N_EXAMPLES])
 
 
+def _join_report(report: dict, log, data_cfg: DataConfig, map_frames: MapFrames, checks: FrameChecks,
+                 case: CaseMatches) -> None:
+    """Map boxes, undecodable maps, JPEG files named .png, the map rules and case-insensitive matches."""
+    report["map_boxes"] = map_frames.report(log)
+    report["undecodable_maps"] = dict(map_frames.undecodable)  # a problem for data/check.py when a sample uses one
+    report["jpeg_as_png"] = _jpeg_as_png(checks, log)
+    report["maps"] = dataclasses.asdict(data_cfg.maps)  # read back by images.load_crops
+    report["case_insensitive_matches"] = {"count": case.count, "examples": case.examples}
+    if case.count:
+        log.warning("%d file name(s) matched only when letter case is ignored (box rows vs image files, or rgb vs "
+                    "map files); matched, e.g. %s", case.count, case.examples)
+
+
 def _frame_box_report(report: dict, log, box_skips: dict) -> None:
     """Frame-level box checks (they need the frame size) go into the per-CSV report."""
     for cam, bs in box_skips.items():
@@ -155,6 +168,16 @@ def _unreadable(checks: FrameChecks, log) -> dict:
         log.warning("image files skipped (%s): %d, e.g. %s (%s)", reason, e["count"], e["examples"],
                     checks.first_message[reason])
     return unreadable
+
+
+def _jpeg_as_png(checks: FrameChecks, log) -> dict:
+    """JPEG files named .png: used (decoded by content), but said, since JPEG is lossy and 8-bit."""
+    e = checks.jpeg_named.data.get("jpeg_as_png", {"count": 0, "examples": []})
+    if e["count"]:
+        log.warning("%d image file(s) hold JPEG data under a .png name, e.g. %s: they are read by their content, but "
+                    "JPEG is lossy and 8-bit (a depth or thermal map saved so has lost its physical units); export "
+                    "them from the source as PNG", e["count"], e["examples"])
+    return e
 
 
 def _samples_frame(rows: list, meta: pd.DataFrame, features: list) -> pd.DataFrame:
@@ -274,12 +297,7 @@ def load_dfu(data_dir, data_cfg: DataConfig, log: logging.Logger | None = None, 
                                 box_skips["depth"])
 
     _check_appt_numbering(meta, depth_frames, meta_path, log, report)
-    report["map_boxes"] = map_frames.report(log)
-    report["maps"] = dataclasses.asdict(data_cfg.maps)  # read back by images.load_crops
-    report["case_insensitive_matches"] = {"count": case.count, "examples": case.examples}
-    if case.count:
-        log.warning("%d file name(s) matched only when letter case is ignored (box rows vs image files, or rgb vs "
-                    "map files); matched, e.g. %s", case.count, case.examples)
+    _join_report(report, log, data_cfg, map_frames, checks, case)
     _frame_box_report(report, log, box_skips)
     unreadable = _unreadable(checks, log)
     samples = _samples_frame(joined.rows, meta, features)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medfusion.data.images import UnreadableFrame, probe_frame
+from medfusion.data.images import JPEG_SIGNATURE, UnreadableFrame, probe_frame
 from medfusion.data.names import FrameKey, Skips, parse_frame_name
 
 
@@ -82,6 +82,7 @@ class FrameChecks:
         self.unreadable = Skips()
         self.first_message: dict[str, str] = {}
         self.box_state: dict[tuple, str] = {}
+        self.jpeg_named = Skips()  # JPEG data under a .png name: read by content, but lossy and 8-bit
 
     def _rel(self, path: Path) -> str:
         try:
@@ -94,6 +95,9 @@ class FrameChecks:
         if key not in self.sizes:
             try:
                 self.sizes[key] = probe_frame(path, self.max_pixels)
+                with open(path, "rb") as f:  # every listed frame is named .png
+                    if f.read(len(JPEG_SIGNATURE)) == JPEG_SIGNATURE:
+                        self.jpeg_named.add("jpeg_as_png", self._rel(path))
             except UnreadableFrame as exc:
                 self.sizes[key] = None
                 self.unreadable.add(exc.reason, self._rel(path))

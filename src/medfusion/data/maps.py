@@ -172,6 +172,7 @@ class MapFrames:
         self.mapping = {m: Counter() for m in MAP_MODALITIES}
         self.examples = {m: {} for m in MAP_MODALITIES}
         self.dropped = {m: Skips() for m in MAP_MODALITIES}
+        self.undecodable: dict[str, str] = {}  # map file -> why it cannot be decoded (data/check.py names it)
 
     def _note(self, modality: str, rgb_wh, map_wh) -> None:
         mc = getattr(self.maps, modality)
@@ -182,14 +183,15 @@ class MapFrames:
         self.examples[modality].setdefault(kind, "{}x{} -> {}x{}".format(*rgb_wh, *map_wh))
 
     def keep(self, modality: str, name: str, map_path, boxes: dict, rgb_wh, map_wh) -> tuple[dict, str | None]:
-        """(boxes whose map is usable, the first reason when none is). An undecodable map is left to
-        load_crops / check_data, which name it as a problem to fix."""
+        """(boxes whose map is usable, the first reason when none is). An undecodable map is recorded in
+        `undecodable`; the data check names it as a problem before a search starts."""
         mc = getattr(self.maps, modality)
         mapped = {n: map_box(b, rgb_wh, map_wh, mc) for n, b in boxes.items()}
         try:
             raw = read_map(map_path)
-        except (OSError, ValueError):
+        except (OSError, ValueError) as exc:
             raw = None
+            self.undecodable.setdefault(str(map_path), str(exc))
         kept, first = {}, None
         for n in sorted(boxes):
             if raw is None:  # 8-bit map (or undecodable): only the box must meet the frame
