@@ -44,10 +44,13 @@ counted in the report with the first few names, and logged):
   lying entirely at negative coordinates: SKIP (the row is named). Boxes entirely outside
   their frame (size read from the image header): SKIP. Boxes partly outside: kept, clipped by
   images.crop_box, counted. Boxes under MIN_BOX_SIDE px on a side: kept, counted, warned.
-  Rows naming a frame that is not in the image folder: counted.
+  Rows naming a frame that is not in the image folder: counted. A coordinate that is not a number:
+  ERROR; a Bounding Box Number outside 1..3 or a Patient# contradicting the file name: SKIP, named.
 * frames: a frame whose file is missing, empty, not an image or cut short (images.probe_frame,
   no decoding) is SKIPPED with its samples, before any fold exists. A depth frame with no box
-  row, or whose box rows are all invalid, is SKIPPED.
+  row, or whose box rows are all invalid, is SKIPPED. A JPEG under a .png name is used, warned about
+  by name. A 16-bit map that fails to decode is recorded (`undecodable_maps`): check.py makes it a
+  problem, as it does a PNG whose image data fails its checksums (integrity.py).
 """
 
 from __future__ import annotations
