@@ -6,7 +6,8 @@ Builds the three-image-branch fusion model (metadata+depth_rgb+depth_map+thermal
 freezes it as Stage 1 and as Stage 2 do, builds Adam's slots, and writes one checkpoint of each kind:
 "before" = what medfusion wrote every epoch until lean checkpoints (all model variables, all
 optimizer variables, best-epoch copies of all weights); "lean" = StageCheckpoint.save_progress
-(variables of layers that are not frozen, optimizer, best-epoch values of what trains).
+(variables of layers that are not frozen, optimizer, best-epoch values of what trains), and a
+second lean one after an epoch that did not improve (the best-epoch file is not rewritten).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def main(argv=None) -> None:
                                ModelConfig(backbone=args.backbone, weights="none"), args.size)
     print(f"{args.backbone}@{args.size}, three image branches: {sum(v.numpy().size for v in model.variables):,} "
           "variables' elements in the model")
-    print(f"{'stage':<8}{'before MB':>11}{'lean MB':>10}{'ratio':>8}")
+    print(f"{'stage':<8}{'before MB':>11}{'lean MB':>10}{'ratio':>8}{'lean, no new best MB':>22}")
     for stage, trainable in (("stage1", False), ("stage2", True)):
         set_backbones_trainable(model, trainable)
         model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="categorical_crossentropy")
@@ -42,9 +43,12 @@ def main(argv=None) -> None:
                                                              "optimizer": values(model.optimizer.variables),
                                                              "best": model.get_weights()})
             (Path(tmp) / "before.npz").unlink()
-            lean = StageCheckpoint(Path(tmp) / stage).save_progress(
-                model, {"epoch": 1}, [v.numpy() for v in changing_weights(model)])
-        print(f"{stage:<8}{before / 1e6:>11.1f}{lean / 1e6:>10.1f}{before / lean:>8.1f}", flush=True)
+            ckpt, best = StageCheckpoint(Path(tmp) / stage), [v.numpy() for v in changing_weights(model)]
+            state = {"best": 0.5, "best_epoch": 1, "wait": 0, "stopped_early": False}
+            lean = ckpt.save_progress(model, {"epoch": 1, "best": state}, best)
+            same_best = ckpt.save_progress(model, {"epoch": 2, "best": state}, best)  # epoch 2 did not improve
+        print(f"{stage:<8}{before / 1e6:>11.1f}{lean / 1e6:>10.1f}{before / lean:>8.1f}{same_best / 1e6:>22.1f}",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ tensors with the same optimizer, loss and global batch. run_stage adds what a se
 the stateless shuffled/flipped stream, the kappa metric, a validation pass per epoch (on
 VAL_FRACTION of the samples) and a checkpoint per epoch. Samples/s counts training samples of
 the steady epochs (the first, which traces, is left out); ratio = bare / pipeline samples/s
-(goal <= 1.10). `--stage1` adds Stage 1 (frozen backbone, flips) with the feature cache on and off.
+(goal <= 1.10); the no-ckpt columns are run_stage without a checkpoint, to show what the
+per-epoch checkpoint costs. `--stage1` adds Stage 1 (frozen backbone, flips) with the feature cache on and off.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def _model(backbone: str, size: int, strategy):
                                                                     head_units=128, dropout=0.3), size)
 
 
-def pipeline_epoch(backbone, size, n, batch, epochs, strategy, jit, frozen=False, cache=True) -> dict:
+def pipeline_epoch(backbone, size, n, batch, epochs, strategy, jit, frozen=False, cache=True, save=True) -> dict:
     """Steady epoch time of run_stage (with a checkpoint per epoch) and its training samples/s."""
     from medfusion.config import StageConfig
     from medfusion.models.losses import focal_alpha
@@ -86,7 +87,7 @@ def pipeline_epoch(backbone, size, n, batch, epochs, strategy, jit, frozen=False
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.time()
             r = run_stage("bench", model, strategy, (x, y), (xv, yv), StageConfig(epochs=epochs, lr=1e-4, patience=99),
-                          focal_alpha(y), 2.0, batch, 0, ["flip"], checkpoint=StageCheckpoint(Path(tmp) / "s"),
+                          focal_alpha(y), 2.0, batch, 0, ["flip"], checkpoint=StageCheckpoint(Path(tmp) / "s") if save else None,
                           jit_compile=jit, use_feature_cache=cache)
             total = time.time() - t0
     finally:
@@ -151,17 +152,19 @@ def main(argv=None) -> None:
         if not tf.config.list_physical_devices("GPU"):
             raise SystemExit("--gpu: no GPU visible to TensorFlow")
         runs += [(GPU_CASE, prec, jit) for prec in ("float32", "mixed_float16", "mixed_bfloat16") for jit in (False, True)]
-    print(f"{'case':<22}{'precision':<16}{'xla':<5}{'pipeline/s':>11}{'bare/s':>9}{'ratio':>7}{'ckpt MB':>9}",
-          flush=True)
+    print(f"{'case':<22}{'precision':<16}{'xla':<5}{'pipeline/s':>11}{'bare/s':>9}{'ratio':>7}{'ckpt MB':>9}"
+          f"{'no-ckpt/s':>11}{'ratio':>7}", flush=True)
     for case, prec, jit in runs:
         backbone, size = _case(case)
         n, batch, epochs = _sizes(backbone, size)
         precision.configure(SimpleNamespace(precision=prec, jit_compile=str(jit)))
         pipe = pipeline_epoch(backbone, size, n, batch, epochs, strategy, jit)
         bare = bare_epoch(backbone, size, n, batch, epochs, strategy, jit)
+        lean = pipeline_epoch(backbone, size, n, batch, epochs, strategy, jit, save=False)
         ratio = bare["samples_per_s"] / pipe["samples_per_s"]
         print(f"{case:<22}{prec:<16}{'on' if jit else 'off':<5}{pipe['samples_per_s']:>11.1f}"
-              f"{bare['samples_per_s']:>9.1f}{ratio:>7.2f}{(pipe['checkpoint_bytes_per_save'] or 0) / 1e6:>9.2f}",
+              f"{bare['samples_per_s']:>9.1f}{ratio:>7.2f}{(pipe['checkpoint_bytes_per_save'] or 0) / 1e6:>9.2f}"
+              f"{lean['samples_per_s']:>11.1f}{bare['samples_per_s'] / lean['samples_per_s']:>7.2f}",
               flush=True)
         if args.stage1:
             for cache in (False, True):

@@ -42,8 +42,11 @@ def test_killed_stages_resume_bit_exact_from_lean_checkpoints(tmp_path):
     # killed after Stage 1's 2nd epoch (checkpointed), then after Stage 2's 3rd (last checkpoint: epoch 2)
     killed = _run(tmp_path / "b", tmp_path / "b.npz", crash="epoch_stage1:2")
     assert killed.returncode == -9, killed.stderr[-3000:]
+    info = json.loads((tmp_path / "b" / "stage1" / "progress.json").read_text())
     progress = load_arrays(tmp_path / "b" / "stage1" / "progress-0002.npz")
-    shapes = [a.shape for a in progress["model"]] + [a.shape for a in progress["best"]]
+    best = load_arrays(tmp_path / "b" / "stage1" / info["best_arrays"])["best"]
+    assert info["best_arrays"] == f"best-{info['best']['best_epoch']:04d}.npz"
+    shapes = [a.shape for a in progress["model"]] + [a.shape for a in best]
     assert TINY_CONV3_KERNEL not in shapes  # the frozen backbone is not written every epoch
     assert json.loads((tmp_path / "b" / "stage1" / "progress.json").read_text())["feature_cache"] is True
     killed = _run(tmp_path / "b", tmp_path / "b.npz", crash="epoch_stage2:3")
@@ -65,3 +68,25 @@ def test_killed_stages_resume_bit_exact_from_lean_checkpoints(tmp_path):
     assert s1["feature_cache"]["used"] and not s2["feature_cache"]["used"]
     assert s1["checkpoint"]["saves"] == 4 and s2["checkpoint"]["saves"] == 2
     assert 0 < s1["checkpoint"]["bytes_per_save"] < s2["checkpoint"]["bytes_per_save"]
+
+
+def test_best_values_are_rewritten_only_when_the_best_epoch_changes(tmp_path, tiny_cfg):
+    import keras
+
+    from medfusion.models.fusion import build_fusion_model
+    from medfusion.training.checkpoint import StageCheckpoint, changing_weights
+
+    model = build_fusion_model("metadata+depth_rgb", tiny_cfg, 16)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy")
+    model.optimizer.build(model.trainable_variables)
+    ckpt = StageCheckpoint(tmp_path / "s")
+    best = [v.numpy() for v in changing_weights(model)]
+    state = lambda e: {"best": {"best": 0.5, "best_epoch": e, "wait": 0, "stopped_early": False}}  # noqa: E731
+    first = ckpt.save_progress(model, {"epoch": 1, **state(1)}, best)
+    second = ckpt.save_progress(model, {"epoch": 2, **state(1)}, best)  # no improvement: best-0001 kept
+    best_bytes = (tmp_path / "s" / "best-0001.npz").stat().st_size
+    assert first - second == best_bytes > 0
+    third = ckpt.save_progress(model, {"epoch": 3, **state(3)}, best)
+    assert third == first
+    assert sorted(p.name for p in (tmp_path / "s").glob("*.npz")) == ["best-0003.npz", "progress-0003.npz"]
+    assert ckpt.progress()["best_arrays"] == "best-0003.npz"

@@ -1,9 +1,9 @@
 """Per-stage checkpoints so an interrupted stage resumes from its last completed epoch.
 
-A stage folder holds `progress-<epoch>.npz` + `progress.json` (every `train.checkpoint_every`
-epochs: the model variables that change in this stage, optimizer variables, the best-epoch
-values of what trains, and the early-stopping state in the json, which names its arrays file
-and is written last, so a kill mid-write leaves the previous pair) and, once the stage has
+A stage folder holds `progress-<epoch>.npz`, `best-<epoch>.npz` + `progress.json` (every
+`train.checkpoint_every` epochs: the model variables that change in this stage, optimizer
+variables; the best-epoch values of what trains, rewritten only when the best epoch changes;
+and the early-stopping state in the json, which names both arrays files and is written last, so a kill mid-write leaves the previous pair) and, once the stage has
 finished, `final.npz` + `done.json` (every weight the stage ended with and its StageResult).
 
 Lean: a variable of a frozen layer (a Stage 1 backbone, BatchNorm in Stage 2) cannot change
@@ -120,7 +120,7 @@ class StageCheckpoint:
     def save_final(self, model, result: dict) -> None:
         save_arrays(self.folder / "final.npz", {"model": values(model.variables)})
         atomic_write_json(self.folder / "done.json", result)  # written last: it vouches for final.npz
-        for path in [self.folder / "progress.json", *self.folder.glob("progress*.npz")]:
+        for path in [self.folder / "progress.json", *self.folder.glob("progress*.npz"), *self.folder.glob("best-*.npz")]:
             path.unlink(missing_ok=True)
 
     def load_final(self, model) -> None:
@@ -135,27 +135,34 @@ class StageCheckpoint:
         if not meta.is_file():
             return None
         info = json.loads(meta.read_text())
-        return info if self._arrays_file(info).is_file() else None
+        best = info.get("best_arrays")
+        ok = self._arrays_file(info).is_file() and (not best or (self.folder / best).is_file())
+        return info if ok else None
 
     def save_progress(self, model, info: dict, best_weights: list | None, trained=None) -> int:
-        """Arrays first, under a name of their own; then progress.json, which names them, by rename.
+        """Arrays first, under names of their own; then progress.json, which names them, by rename.
 
-        Holds model's changing variables, the optimizer of `trained` (the model fit is training:
-        `model` itself or the heads of a feature-cached Stage 1) and the best-epoch values.
-        A kill between the two leaves the previous pair intact (the json still names the previous
-        arrays), so a resume never pairs one epoch's weights with another epoch's counters.
-        Returns the bytes written.
+        `progress-<epoch>.npz` holds model's changing variables and the optimizer of `trained` (the
+        model fit is training: `model` itself or the heads of a feature-cached Stage 1); the best-epoch
+        values go to `best-<best epoch>.npz`, written only when the best epoch changed (most epochs of
+        a long stage do not improve, and in Stage 2 they are a third of the bytes). A kill before the
+        json leaves the previous set intact (the json still names it), so a resume never pairs one
+        epoch's weights with another epoch's counters. Returns the bytes written.
         """
         trained = model if trained is None else trained
-        groups = {"model": values(changing_variables(model)), "optimizer": values(trained.optimizer.variables)}
-        if best_weights is not None:
-            groups["best"] = best_weights
+        previous = self.progress() or {}
         name = f"progress-{int(info['epoch']):04d}.npz"
-        size = save_arrays(self.folder / name, groups)
+        size = save_arrays(self.folder / name, {"model": values(changing_variables(model)),
+                                                "optimizer": values(trained.optimizer.variables)})
+        best_name = previous.get("best_arrays")
+        if best_weights is not None and best_name != f"best-{int(info['best']['best_epoch']):04d}.npz":
+            best_name = f"best-{int(info['best']['best_epoch']):04d}.npz"
+            size += save_arrays(self.folder / best_name, {"best": best_weights})
         crash_point("checkpoint_write")
-        atomic_write_json(self.folder / "progress.json", {**info, "arrays": name, "format": LEAN_FORMAT})
-        for old in self.folder.glob("progress*.npz"):
-            if old.name != name:
+        atomic_write_json(self.folder / "progress.json", {**info, "arrays": name, "best_arrays": best_name,
+                                                          "format": LEAN_FORMAT})
+        for old in [*self.folder.glob("progress*.npz"), *self.folder.glob("best-*.npz")]:
+            if old.name not in (name, best_name):
                 old.unlink(missing_ok=True)
         return size
 
@@ -174,4 +181,6 @@ class StageCheckpoint:
         trained.optimizer.build(trained.trainable_variables)
         assign(changing_variables(model), groups["model"], f"checkpoint {self.folder} (model)")
         assign(trained.optimizer.variables, groups["optimizer"], f"checkpoint {self.folder} (optimizer)")
+        if info.get("best_arrays"):
+            return load_arrays(self.folder / info["best_arrays"])["best"]
         return groups.get("best")
