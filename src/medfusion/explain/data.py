@@ -59,8 +59,8 @@ class ExplainRun:
         crops = self.load_crops(mods)
         x = {m: crops[m][idx].astype(np.float32) for m in mods}
         if "metadata" in combination.split("+"):
-            tr, va = self.fold(k)
-            p = dict(zip(tr, self.forest_inputs(k)[0])) if which == "train" else dict(zip(va, self.forest_inputs(k)[1]))
+            rows = self.fold(k)[0 if which == "train" else 1]
+            p = dict(zip(rows, self.forest_inputs(k)[0 if which == "train" else 1]))
             x["metadata"] = np.stack([p[i] for i in idx]).astype(np.float32)
         return x
 

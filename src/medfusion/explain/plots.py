@@ -74,7 +74,7 @@ def plot_contribution(path: Path, table: pd.DataFrame) -> bool:
     if not combos:
         return False
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(combos), figsize=(3.4 * len(combos) + 0.6, 3.4), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(combos), figsize=(max(6.5, 3.4 * len(combos) + 0.6), 3.8), squeeze=False, sharey=True)
     for ax, combo in zip(axes[0], combos):
         t = table[table["combination"] == combo]
         branches = list(dict.fromkeys(t["branch"]))
@@ -89,8 +89,8 @@ def plot_contribution(path: Path, table: pd.DataFrame) -> bool:
         ax.axhline(0, color="black", lw=0.8)
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("validation QWK drop (per view)", fontsize=8)
-    fig.suptitle("Modality contribution: each branch's input replaced by its training-set mean "
-                 "(bars: mean over folds, dots: folds)", fontsize=9)
+    fig.suptitle("Modality contribution: validation QWK lost when one branch's input is replaced by its\n"
+                 "training-set mean (bars: mean over folds, dots: folds)", fontsize=9)
     fig.tight_layout()
     _save(fig, path)
     return True
