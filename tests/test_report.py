@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pandas as pd
 import pytest
 from matplotlib import image as mpimg
 from sklearn.metrics import confusion_matrix
@@ -132,3 +133,35 @@ def test_report_reads_records_not_the_review():
             "assert rv.load_run is rc.load_run and rv.RunRecords is rc.RunRecords")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_explanations_section_only_once_explained_and_every_link_exists(tmp_path):
+    run = write_run(tmp_path, healthy_jobs())
+    run_review(run)
+    assert "## Explanations" not in (run / "report.md").read_text()  # no explain/ folder yet
+    ex = run / "explain"
+    (ex / "metadata+depth_rgb").mkdir(parents=True)
+    for name in ("metadata_importance.png", "modality_contribution.png", "metadata+depth_rgb/fold_0_true_I.png",
+                 "metadata+depth_rgb/fold_1_true_R.png"):
+        (ex / name).write_bytes(b"\x89PNG\r\n\x1a\n")
+    pd.DataFrame({"feature": ["Wound Score", "Age"], "qwk_drop_mean": [0.3, 0.01], "qwk_drop_std": [0.05, 0.02],
+                  "qwk_drop_fold_min": [0.25, -0.01], "qwk_drop_fold_max": [0.35, 0.03], "n_folds": 2, "n_repeats": 5,
+                  "baseline_qwk_mean": 0.5}).to_csv(ex / "metadata_importance.csv", index=False)
+    pd.DataFrame({"combination": "metadata+depth_rgb", "fold": [0, 0, 1, 1], "branch": ["depth_rgb", "metadata"] * 2,
+                  "forest_weight": [0.6, 0.6, 0.4, 0.4], "qwk_full": 0.6, "qwk_ablated": [0.5, 0.2, 0.4, 0.3],
+                  "qwk_drop": [0.1, 0.4, 0.2, 0.3], "changed_decisions": 3, "n_val": 40}).to_csv(
+        ex / "modality_contribution.csv", index=False)
+    (ex / "metadata+depth_rgb" / "samples.csv").write_text("fold\n0\n")
+    run_review(run)
+    text = (run / "report.md").read_text()
+    section = text[text.index("## Explanations"):]
+    links = set(re.findall(r"\]\((explain/[^)]+)\)", section))
+    assert links == {"explain/metadata_importance.png", "explain/metadata_importance.csv",
+                     "explain/modality_contribution.png", "explain/modality_contribution.csv",
+                     "explain/metadata+depth_rgb/samples.csv", "explain/metadata+depth_rgb/fold_0_true_I.png",
+                     "explain/metadata+depth_rgb/fold_1_true_R.png"}
+    assert all((run / link).is_file() for link in links)
+    assert "| Wound Score | 0.3000 | 0.0500 | 0.250 to 0.350 |" in section
+    # per branch: the mean over folds of the drop (0.1, 0.2 -> 0.15) and of the forest weight (0.6, 0.4 -> 0.5)
+    assert "| metadata+depth_rgb | depth_rgb | +0.1500 | 0.500 | 2 |" in section
+    assert "| metadata+depth_rgb | metadata | +0.3500 | 0.500 | 2 |" in section
