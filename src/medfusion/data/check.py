@@ -13,10 +13,11 @@ What is checked (docs/data_problems.md explains every message):
   class is a warning;
 * the metadata modality with no feature column left is a problem;
 * damaged image data is a problem, because a search would stop at that file: without `decode`
-  (the check every search runs before its run folder exists) every referenced PNG's IHDR / PLTE /
-  IDAT chunks are checked against their CRC-32 (integrity.py: one read, no decoding) and a 16-bit
-  map the loader failed to decode is named; with `decode=True` (check_data mode) every referenced
-  image file is decoded once (a thread pool, nothing cached). A search itself decodes each frame
+  (the check every search runs before its run folder exists) every referenced colour frame's IHDR /
+  PLTE / IDAT chunks are checked against their CRC-32 (integrity.py: one read, no decoding) and a
+  map the loader failed to decode is named (the loader decodes every map a sample uses); with
+  `decode=True` (check_data mode) every referenced image file is decoded once (a thread pool,
+  nothing cached). A search itself decodes each frame
   once, in `images.load_crops`, which caches the crops.
 
 `DatasetCheck.ok` is False exactly when `problems` is non-empty.
@@ -65,30 +66,30 @@ def _search_modalities(cfg) -> set:
     return mods & set(MODALITIES)
 
 
-def _referenced(manifest: Manifest) -> dict[str, int]:
-    """Every distinct image file the manifest references -> the number of samples using it."""
+def _referenced(manifest: Manifest, modalities=IMAGE_MODALITIES) -> dict[str, int]:
+    """Every distinct image file of `modalities` the manifest references -> the number of samples using it."""
     s = manifest.samples
     uses: dict[str, int] = {}
-    for m in IMAGE_MODALITIES:
+    for m in modalities:
         for p, n in s[f"{m}_path"].value_counts(sort=False).items():
             uses[str(p)] = uses.get(str(p), 0) + int(n)
     return uses
 
 
 def _damage_problems(manifest: Manifest, log: logging.Logger, stats: dict) -> list[str]:
-    """Frames a search would stop at, found without decoding them: a PNG chunk failing its CRC (integrity.py),
-    or a 16-bit map the loader could not decode. Runs before any run folder exists; check_data decodes instead."""
+    """Frames a search would stop at, found before any run folder exists: a colour frame whose PNG chunks fail
+    their CRC (integrity.py, no decoding), or a map the loader could not decode (it decodes every map file a
+    sample uses, MapFrames.keep, so maps need no second look). check_data decodes everything instead."""
     from medfusion.data.integrity import png_damage
+    from medfusion.data.maps import MAP_MODALITIES
 
-    uses = _referenced(manifest)
+    rgb = _referenced(manifest, [m for m in IMAGE_MODALITIES if m not in MAP_MODALITIES])
+    maps = _referenced(manifest, MAP_MODALITIES)
     undecodable = manifest.report.get("undecodable_maps", {})
-    failures = []
-    for p in sorted(uses):
-        why = png_damage(p) or undecodable.get(p)
-        if why:
-            failures.append((p, why, uses[p]))
-    log.info("data check: %d image files checked for damaged image data (PNG chunk checksums), %d damaged",
-             len(uses), len(failures))
+    failures = [(p, why, rgb[p]) for p in sorted(rgb) if (why := png_damage(p))]
+    failures += [(p, undecodable[p], maps[p]) for p in sorted(maps) if p in undecodable]
+    log.info("data check: %d colour frames checked for damaged image data (PNG chunk checksums), %d maps decoded "
+             "by the loader; %d damaged", len(rgb), len(maps), len(failures))
     stats["damaged_files"] = [{"file": p, "error": e, "samples": n} for p, e, n in failures]
     if not failures:
         return []
