@@ -53,7 +53,7 @@ def save_bundle(run_dir: Path, combination: str, fold: int, cfg, model=None, for
     files = {}
     if model is not None:
         tmp = folder / f".{MODEL_FILE}.tmp.keras"
-        model.save(tmp)
+        _clean_copy(model, combination, cfg).save(tmp)
         os.replace(tmp, folder / MODEL_FILE)
         files[MODEL_FILE] = file_record(folder / MODEL_FILE)["sha256"]
     if forest_file is not None:
@@ -66,6 +66,20 @@ def save_bundle(run_dir: Path, combination: str, fold: int, cfg, model=None, for
               "config": config_slice(cfg), "files": files, **info}
     atomic_write_json(folder / INFO_FILE, record)
     return [str((folder / f).relative_to(run_dir)) for f in [*files, INFO_FILE]]
+
+
+def _clean_copy(model, combination: str, cfg):
+    """The model rebuilt by its builder with the trained weights copied in, for saving.
+
+    Training may call the model's layers in other graphs (the Stage 1 feature cache's head model
+    cuts the graph at the pools); those extra nodes break Keras' serialisation of the original
+    model ("could not find node key"). A fresh build holds exactly the graph predict reloads.
+    """
+    from medfusion.models.fusion import build_fusion_model
+
+    clean = build_fusion_model(combination, cfg.model, cfg.data.image_size)
+    clean.set_weights(model.get_weights())
+    return clean
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
