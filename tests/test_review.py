@@ -614,3 +614,23 @@ def test_stage2_reverted_everywhere_is_one_warning(tmp_path):
 
     hits, _ = only(findings_for(tmp_path / "one", planted(mutate_one_kept)), "stage2_never_helps")
     assert hits == []
+
+
+def test_failed_and_retried_jobs_are_findings(copy_run):
+    """jobs.csv as the driver writes it: a job that failed for good is an error, one that needed a retry a warning."""
+    import pandas as pd
+
+    from medfusion.records import load_run
+    from medfusion.review import review_findings
+
+    ledger = pd.read_csv(copy_run / "jobs.csv")
+    assert set(ledger["status"]) == {"done"} and set(ledger["attempts"]) == {1}
+    assert not [f for f in review_findings(load_run(copy_run)) if f.check.startswith("job_")]
+    ledger.loc[ledger["job"] == "pretrain/fold_0/depth_rgb", "attempts"] = 2
+    extra = pd.DataFrame([{"job": "combination/fold_1/depth_rgb", "status": "failed", "attempts": 2,
+                           "error": "RuntimeError: boom"}])
+    pd.concat([ledger, extra]).to_csv(copy_run / "jobs.csv", index=False)
+    found = {f.check: f for f in review_findings(load_run(copy_run)) if f.check.startswith("job_")}
+    assert found["job_failed"].severity == "error" and "combination/fold_1/depth_rgb" in found["job_failed"].message
+    assert "boom" in found["job_failed"].message
+    assert found["job_retried"].severity == "warning" and "pretrain/fold_0/depth_rgb" in found["job_retried"].message

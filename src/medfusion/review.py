@@ -121,6 +121,28 @@ def check_protocol(run: RunRecords) -> list[Finding]:
                     "whose scores are reported, so every score is optimistic", {"selection": selection})]
 
 
+def check_job_attempts(run: RunRecords) -> list[Finding]:
+    """jobs.csv: a job that failed for good is an error; one that needed a retry may hide a bug that recurs."""
+    import pandas as pd
+
+    path = run.run_dir / "jobs.csv"
+    if not path.is_file():
+        return []
+    ledger = pd.read_csv(path)
+    out = []
+    for job, rows in ledger.groupby("job", sort=True):
+        last = rows.iloc[-1]
+        if last["status"] == "failed":
+            out.append(Finding("job_failed", "error", None, None, None,
+                               f"job {job} failed after {int(last['attempts'])} attempt(s): {last.get('error', '')}",
+                               {"job": job}))
+        elif int(rows["attempts"].max()) > 1:
+            out.append(Finding("job_retried", "warning", None, None, None,
+                               f"job {job} finished only on attempt {int(rows['attempts'].max())}; the first attempt's "
+                               f"traceback is in its fold log", {"job": job}))
+    return out
+
+
 def tvd(a: np.ndarray, b: np.ndarray) -> float:
     """Total variation distance between two count vectors' distributions."""
     pa, pb = a / max(a.sum(), 1), b / max(b.sum(), 1)
@@ -176,7 +198,7 @@ def check_completeness(run: RunRecords) -> list[Finding]:
     return out
 
 
-CHECKS = (check_protocol, check_completeness, check_degenerate, check_no_learning, check_stage2_never_helps,
+CHECKS = (check_protocol, check_job_attempts, check_completeness, check_degenerate, check_no_learning, check_stage2_never_helps,
           check_frozen, check_learning_rate, check_fusion, check_alpha, check_steps, check_transfer, check_shift)
 
 

@@ -60,6 +60,8 @@ THRESHOLDS = {name: value for name, value in globals().items()
               if name.isupper() and isinstance(value, (int, float)) and not isinstance(value, bool)}
 
 SUGGESTIONS = {
+    "job_failed": "read the job's traceback in fold_<k>.log, fix the cause, and run the same command again",
+    "job_retried": "read the first attempt's traceback in fold_<k>.log: an error that a retry passes may be a bug",
     "degenerate_predictions": "check the focal alpha cap (train.max_alpha_ratio), the LR and this job's learning curves",
     "no_learning": "raise the stage's LR or epochs; check its trainable params and learning curves",
     "stage2_never_helps": "set train.stage2.epochs: 0, or change train.stage2.lr (backbone_change in the key figures "
