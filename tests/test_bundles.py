@@ -114,3 +114,16 @@ def test_bundle_of_another_config_is_refused_by_name(copy_run, tiny_data, tmp_pa
     proc = _main("--mode", "predict", "--run_name", copy_run.name, "--set", f"runtime.logs_dir={copy_run.parent}",
                  "--data_dir", str(tiny_data), "--combination", "metadata+depth_rgb", "--out", str(tmp_path / "q"))
     assert proc.returncode == 2 and "made by medfusion '0.0.1'" in proc.stderr
+
+
+def test_a_bundle_made_before_a_config_key_existed_counts_it_as_its_default():
+    from medfusion import __version__
+    from medfusion.bundles import BUNDLE_FORMAT, bundle_problem, config_slice
+    from medfusion.config import load_config, replace
+
+    cfg = load_config(str(ROOT / "configs" / "demo.yaml"))
+    old = {k: v for k, v in config_slice(cfg).items() if k != "train.calibrate"}  # written before the key existed
+    info = {"format": BUNDLE_FORMAT, "medfusion_version": __version__, "config": old}
+    assert bundle_problem(info, cfg) is None
+    problem = bundle_problem(info, replace(cfg, "train.calibrate", "temperature"))
+    assert problem and "train.calibrate: bundle has 'none', the run has 'temperature'" in problem

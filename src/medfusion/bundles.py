@@ -126,6 +126,8 @@ def bundle_problem(info: dict, cfg) -> str | None:
         return (f"made by medfusion {info.get('medfusion_version')!r}, this is medfusion {__version__!r}: "
                 "install that version, or rerun the search")
     want, have = config_slice(cfg), info.get("config", {})
+    # a key the bundle lacks was added to medfusion after it was made: it had that key's default
+    have = {**{k: v for k, v in config_slice(type(cfg)()).items() if k not in have}, **have}
     diffs = sorted(k for k in set(want) | set(have) if want.get(k, "<absent>") != have.get(k, "<absent>"))
     if diffs:
         k = diffs[0]

@@ -71,6 +71,7 @@ def _metadata_inputs(bundle, manifest) -> np.ndarray:
 
 def fold_ensemble(run_dir: Path, cfg, combination: str, manifest, strategy=None, crops: dict | None = None):
     """(mean probabilities per sample, ensemble rule, per-fold probabilities) of the combination's bundles."""
+    from medfusion.evaluation.calibration import apply_temperature
     from medfusion.training.stages import predict
 
     mods = image_modalities_of(combination)
@@ -89,6 +90,9 @@ def fold_ensemble(run_dir: Path, cfg, combination: str, manifest, strategy=None,
             if meta is not None:
                 inputs["metadata"] = meta
             proba = predict(bundle.model, inputs, max(cfg.train.batch_size, 32), replicas)
+        calibration = bundle.info.get("calibration") or {}
+        if calibration.get("method") == "temperature":  # as the job rescaled its own predictions
+            proba = apply_temperature(proba, calibration["temperature"])
         per_fold.append(proba)
         rules.append(bundle.info.get("decision"))
         log.info("  fold %d bundle of %s: %d samples predicted in %.1fs", k, combination, len(proba), time.time() - t)

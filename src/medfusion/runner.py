@@ -172,7 +172,7 @@ def _combination(ctx, job, deps, runtime: dict) -> dict:
     files = save_bundle(ctx.run_dir, combo, k, cfg, model=model,
                         forest_file=forest_pipeline_path(ctx, k) if has_meta else None,
                         decision=record["decision"], fusion_rf_weight=record.get("fusion_rf_weight"),
-                        selection=cfg.search.selection)
+                        selection=cfg.search.selection, calibration=record["calibration"])
     if record["decision"]["kind"] != "argmax":
         log.info("  decision rule fit on the selection split: thresholds %s on the expected class index "
                  "(selection QWK %.4f)", record["decision"]["thresholds"], record["decision"]["selection_qwk"])

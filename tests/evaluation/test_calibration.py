@@ -117,3 +117,17 @@ def test_temperature_fit_on_selection_never_reads_the_validation_labels(tmp_path
     saved = pd.read_csv(a / "predictions" / "metadata" / "fold_0.csv")[["p_I", "p_P", "p_R"]].to_numpy()
     assert np.allclose(saved, apply_temperature(raw, cal_a["metadata"]["temperature"]), atol=1e-5)
     assert not np.allclose(saved, raw, atol=1e-3)
+    # a bundle applies its job's temperature: --mode predict's per-fold probabilities are the saved ones
+    from pathlib import Path
+
+    from medfusion.config import load_config
+    from medfusion.data.dfu import load_dfu
+    from medfusion.predict import fold_ensemble
+
+    cfg = load_config(a / "config.yaml")
+    want = pd.read_csv(a / "predictions" / "metadata+depth_rgb" / "fold_0.csv").set_index("sample_id")
+    manifest = load_dfu(Path(cfg.data.data_dir), cfg.data)
+    manifest = manifest.subset(manifest.samples["sample_id"].isin(set(want.index)).to_numpy())
+    _, _, per_fold = fold_ensemble(a, cfg, "metadata+depth_rgb", manifest)
+    got = pd.DataFrame(per_fold[0], columns=["p_I", "p_P", "p_R"], index=manifest.samples["sample_id"].to_numpy())
+    np.testing.assert_allclose(got.loc[want.index].to_numpy(), want[["p_I", "p_P", "p_R"]].to_numpy(), atol=1e-5)
