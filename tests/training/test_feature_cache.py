@@ -89,3 +89,22 @@ def test_continuous_augmentation_turns_the_cache_off_and_says_why(tiny_cfg, stra
     assert result.feature_cache["used"] is False
     assert word in result.feature_cache["reason"] and "finite" in result.feature_cache["reason"]
     assert any("feature cache off" in r.message and word in r.message for r in caplog.records)
+
+
+def test_cache_under_mixed_float16_matches_the_uncached_path(tiny_cfg, strategy):
+    """float16 features (the pool's dtype under the policy) feed the heads as the uncached graph does."""
+    from types import SimpleNamespace
+
+    from medfusion.training import precision
+
+    before = keras.config.dtype_policy().name
+    try:
+        precision.configure(SimpleNamespace(precision="mixed_float16", jit_compile="false"))
+        plain, r_plain = _stage1(tiny_cfg, strategy, ["flip"], use_cache=False)
+        cached, r_cached = _stage1(tiny_cfg, strategy, ["flip"], use_cache=True)
+    finally:
+        keras.config.set_dtype_policy(before)
+    assert r_cached.feature_cache["used"]
+    assert cached.get_layer("depth_rgb_dense").compute_dtype == "float16"
+    for a, b in zip(plain.get_weights(), cached.get_weights()):
+        np.testing.assert_allclose(a, b, atol=WEIGHT_ATOL, rtol=0)
