@@ -92,6 +92,8 @@ def test_pretrain_key_changes_with_seed_image_size_augmentation_and_replicas():
         "batch size": key(_fake_ctx(replace(cfg, "train.batch_size", cfg.train.batch_size * 2))),
         "crops": key(_fake_ctx(cfg, crops=np.zeros((12, 8, 8, 3), np.uint8))),
         "validation samples": key(_fake_ctx(cfg), va=np.arange(9, 12)),
+        "precision": key(_fake_ctx(replace(cfg, "runtime.precision", "mixed_float16"))),
+        "XLA": key(_fake_ctx(replace(cfg, "runtime.jit_compile", "true"))),
     }
     for what, k in changed.items():
         assert k != base, f"the pre-training key ignores the {what}"

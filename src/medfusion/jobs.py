@@ -23,6 +23,7 @@ from medfusion.evaluation.decisions import fit_fusion_weight
 from medfusion.models.fusion import fusion_layer
 from medfusion.models.losses import focal_alpha
 from medfusion.runs import RunFolderError, atomic_write_json, read_run_arrays, set_aside, stage_folder_problem
+from medfusion.training.precision import jit_for
 from medfusion.training.checkpoint import StageCheckpoint, load_arrays, save_arrays
 from medfusion.training.stages import backbone_snapshot, predict, relative_change, run_stage, set_backbones_trainable
 from medfusion.training.transfer import transfer_weights
@@ -109,6 +110,8 @@ def pretrain_key(ctx, modality, tr, va, seed, replicas: int | None = None) -> st
         "model": config_to_dict(cfg.model), "pretrain": config_to_dict(cfg.train.pretrain),
         "focal_gamma": cfg.train.focal_gamma, "batch_size": cfg.train.batch_size, "augment": cfg.train.augment,
         "replicas": replicas or ctx.strategy.num_replicas_in_sync, "seed": seed,
+        # float16 and XLA change the numbers (as configured: "auto" resolves per machine)
+        "precision": cfg.runtime.precision, "jit_compile": cfg.runtime.jit_compile,
         # validation samples pick the restored epoch, so they shape the result too
         "val_ids": ctx.manifest.samples["sample_id"].iloc[va].tolist(),
     }
@@ -205,6 +208,7 @@ def fusion_job(ctx, combo, k, sp, p_meta, pretrained, seed, job):
     s1_ckpt = StageCheckpoint(ckpt_dir / "stage1")
     s1 = run_stage("stage1", model, ctx.strategy, train, sel, cfg.train.stage1, alpha, cfg.train.focal_gamma,
                    cfg.train.batch_size, seed, cfg.train.augment, checkpoint=s1_ckpt, checkpoint_every=cfg.train.checkpoint_every,
+                   jit_compile=jit_for(cfg.runtime),
                    tensorboard_dir=ctx.run_dir / "tensorboard" / combo / f"fold_{k}" / "stage1")
     job["stages"]["stage1"] = s1.to_dict()
     w_end = s1.fusion_rf_weight_end
@@ -232,7 +236,7 @@ def _stage2(ctx, model, ckpt_dir, train, sel, alpha, seed, s1, s1_ckpt, job):
     fresh = s2_ckpt.completed() is None
     s2 = run_stage("stage2", model, ctx.strategy, train, sel, cfg.train.stage2, alpha,
                    cfg.train.focal_gamma, cfg.train.batch_size, seed + 1000, cfg.train.augment,
-                   checkpoint=s2_ckpt, checkpoint_every=cfg.train.checkpoint_every, tensorboard_dir=ctx.run_dir / "tensorboard" /
+                   checkpoint=s2_ckpt, checkpoint_every=cfg.train.checkpoint_every, jit_compile=jit_for(cfg.runtime), tensorboard_dir=ctx.run_dir / "tensorboard" /
                    ckpt_dir.relative_to(ctx.run_dir / "checkpoints") / "stage2")
     if fresh or s2.backbone_change is None:
         s2.backbone_change = relative_change(before, backbone_snapshot(model))

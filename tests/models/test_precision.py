@@ -72,3 +72,12 @@ def test_mixed_float16_keeps_outputs_and_fusion_float32(restore_policy):
     assert isinstance(pre.optimizer, keras.optimizers.LossScaleOptimizer)
     loss = pre.train_on_batch({"depth_rgb": x["depth_rgb"]}, np.eye(3, dtype="float32")[[0, 1, 2, 0]])
     assert np.isfinite(loss)
+
+
+def test_jit_for_follows_the_setting_and_is_off_on_this_cpu():
+    from medfusion.config import RuntimeConfig
+    from medfusion.training.precision import jit_for
+
+    assert jit_for(RuntimeConfig(jit_compile="true")) is True
+    assert jit_for(RuntimeConfig(jit_compile="false")) is False
+    assert jit_for(RuntimeConfig(jit_compile="auto")) is False  # no GPU here

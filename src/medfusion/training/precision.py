@@ -64,3 +64,8 @@ def configure(runtime_cfg) -> dict:
              runtime_cfg.precision, "on" if jit else "off", runtime_cfg.jit_compile,
              ", ".join(f"compute capability {a}.{b}" for a, b in caps) or "none")
     return {"precision": precision, "jit_compile": jit}
+
+
+def jit_for(runtime_cfg) -> bool:
+    """runtime.jit_compile resolved on this process's GPUs: what every run_stage of a job passes to compile."""
+    return resolve_jit(runtime_cfg.jit_compile, _gpu_capabilities())

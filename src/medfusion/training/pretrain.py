@@ -24,6 +24,7 @@ from medfusion.config import Config, StageConfig
 from medfusion.models.backbones import uses_pretrained_weights
 from medfusion.models.losses import equal_alpha
 from medfusion.training.checkpoint import CheckpointError, StageCheckpoint
+from medfusion.training.precision import jit_for
 from medfusion.training.stages import (StageResult, backbone_snapshot, count_params, relative_change, run_stage,
                                        set_backbones_trainable)
 
@@ -133,6 +134,7 @@ def run_pretraining(modality: str, model: keras.Model, strategy: tf.distribute.S
         r = run_stage(f"pretrain {modality} {phase}" if recipe == RECIPE_TRANSFER else f"pretrain {modality}",
                       model, strategy, train, val, stage_cfg, equal_alpha(3), t.focal_gamma, t.batch_size,
                       seed + i, t.augment, checkpoint=ckpt, checkpoint_every=t.checkpoint_every,
+                      jit_compile=jit_for(cfg.runtime),
                       tensorboard_dir=None if tensorboard_dir is None else Path(tensorboard_dir) / phase)
         r.backbone_change = relative_change(before, backbone_snapshot(model))
         result.phases[phase] = r
