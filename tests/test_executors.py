@@ -84,3 +84,20 @@ def test_an_interrupt_cancels_the_running_jobs_and_propagates():
     with pytest.raises(KeyboardInterrupt):
         _run(ex)
     assert ex.cancelled  # what was still running was handed to cancel
+
+
+def test_finished_jobs_read_back_in_plan_order_whatever_order_they_finished_in(tmp_path):
+    """Under Ray jobs finish in any order; everything aggregated from state.json must not see it."""
+    from medfusion.runs import RunState
+
+    finished = [("metadata+depth_rgb", 1), ("depth_rgb", 0), ("metadata", 1), ("metadata+depth_rgb", 0),
+                ("metadata", 0), ("depth_rgb", 1)]
+    orders = []
+    for name, jobs in (("a", finished), ("b", finished[::-1])):
+        state = RunState(tmp_path / name)
+        (tmp_path / name).mkdir()
+        for combo, fold in jobs:
+            state.mark_done(combo, fold, [])
+        orders.append([(j["combination"], j["fold"]) for j in RunState(tmp_path / name).done_jobs()])
+    assert orders[0] == orders[1] == [("metadata", 0), ("depth_rgb", 0), ("metadata+depth_rgb", 0),
+                                      ("metadata", 1), ("depth_rgb", 1), ("metadata+depth_rgb", 1)]

@@ -242,7 +242,12 @@ class RunState:
         return None
 
     def done_jobs(self) -> list[dict]:
-        return [j for j in self.data["jobs"].values() if j.get("status") == "done"]
+        """Finished jobs by (fold, combination order): the order jobs finished in (any, under Ray) changes nothing."""
+        from medfusion.constants import MODALITIES, all_combinations
+
+        order = {c: i for i, c in enumerate(all_combinations(MODALITIES))}
+        done = [j for j in self.data["jobs"].values() if j.get("status") == "done"]
+        return sorted(done, key=lambda j: (int(j["fold"]), order.get(j["combination"], len(order)), j["combination"]))
 
 
 def remove_stale_temporaries(folder: Path) -> int:
