@@ -203,8 +203,11 @@ def _data_dir_problem(args, cfg) -> str | None:
 def main(argv=None) -> int:
     import signal
 
+    from medfusion.runs import clear_interrupted
+
+    clear_interrupted()  # a process that calls main() twice (tests) starts each search afresh
     signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # an ignored SIGINT (nohup, &) stays ignored
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # an ignored SIGINT (nohup, &) stays ignored
         signal.signal(signal.SIGINT, _interrupt)
     args = build_parser().parse_args(argv)
     try:

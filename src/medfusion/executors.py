@@ -50,6 +50,8 @@ def execute(jobs: list[Job], executor, retries: int, on_done) -> list[Failure]:
                 break
             handle, result = executor.wait_one(list(running))
             job = running.pop(handle)
+            if isinstance(result, BaseException) and interrupted():  # the stop surfaced as the job's error
+                raise KeyboardInterrupt from result
             if not isinstance(result, BaseException):
                 records[job.id] = result
                 on_done(job, {**result, "attempts": attempts[job.id]})

@@ -29,6 +29,11 @@ def mark_interrupted() -> None:
     _interrupted = True
 
 
+def clear_interrupted() -> None:
+    global _interrupted
+    _interrupted = False
+
+
 def interrupted() -> bool:
     """True once this process was asked to stop: an error seen afterwards is the stop, not a job failure."""
     return _interrupted
