@@ -143,6 +143,14 @@ def _sigterm_to_interrupt(signum, frame):
     _interrupt(signum, frame)  # a preempted node gets the same clean stop as Ctrl-C
 
 
+def _quiet_interrupts(unraisable) -> None:
+    """A Ctrl-C that lands in a __del__ is swallowed by Python with a traceback; the flag _interrupt set stops the
+    search at the next job (executors.py), so the traceback is noise. Every other unraisable error is printed."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def _interrupt(signum, frame):
     # remembered, because TensorFlow can turn the KeyboardInterrupt raised inside one of its callbacks into an
     # ordinary error, which must then stop the search rather than count as a job failure to retry
@@ -209,6 +217,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # an ignored SIGINT (nohup, &) stays ignored
         signal.signal(signal.SIGINT, _interrupt)
+    sys.unraisablehook = _quiet_interrupts
     args = build_parser().parse_args(argv)
     try:
         cfg = resolve_config(args)

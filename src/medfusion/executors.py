@@ -36,6 +36,8 @@ def execute(jobs: list[Job], executor, retries: int, on_done) -> list[Failure]:
     attempts: dict[str, int] = {}
     try:
         while pending or running:
+            if interrupted():  # a Ctrl-C swallowed inside a library (e.g. raised in a __del__) stops here
+                raise KeyboardInterrupt
             for job in list(pending):
                 blocked = [d for d in job.deps if d in failed]
                 if blocked:
