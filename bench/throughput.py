@@ -69,16 +69,21 @@ def _model(backbone: str, size: int, strategy):
                                                                     head_units=128, dropout=0.3), size)
 
 
-def pipeline_epoch(backbone, size, n, batch, epochs, strategy, jit, frozen=False, cache=True, save=True) -> dict:
+def pipeline_epoch(backbone, size, n, batch, epochs, strategy, jit, frozen=False, cache=True, save=True,
+                   rows=True) -> dict:
     """Steady epoch time of run_stage (with a checkpoint per epoch) and its training samples/s."""
     from medfusion.config import StageConfig
     from medfusion.models.losses import focal_alpha
     from medfusion.training.checkpoint import StageCheckpoint
     from medfusion.training.stages import run_stage, set_backbones_trainable
 
+    from medfusion.data.rows import Rows
+
     x, y = _data(n, size)
     n_val = max(batch, int(n * VAL_FRACTION))
     xv, yv = _data(n_val, size, seed=1)
+    if rows:  # as a search passes them: rows of the run's arrays, gathered batch by batch (data/rows.py)
+        x["depth_rgb"], xv["depth_rgb"] = Rows.all_of(x["depth_rgb"]), Rows.all_of(xv["depth_rgb"])
     model = _model(backbone, size, strategy)
     set_backbones_trainable(model, not frozen)
     handler = EpochTimes()
@@ -121,6 +126,16 @@ def bare_epoch(backbone, size, n, batch, epochs, strategy, jit) -> dict:
     return {"epoch_s": epoch, "samples_per_s": (n // global_batch * global_batch) / epoch}
 
 
+def _interleaved(repeats: int, runs: tuple) -> list[dict]:
+    """Each run `repeats` times in turn (so a slow spell of the machine hits every side); per run, the
+    result of median samples/s."""
+    results = [[] for _ in runs]
+    for _ in range(max(1, repeats)):
+        for out, run in zip(results, runs):
+            out.append(run())
+    return [sorted(r, key=lambda d: d["samples_per_s"])[len(r) // 2] for r in results]
+
+
 def _case(text: str) -> tuple[str, int]:
     name, _, size = text.partition("@")
     return name, int(size)
@@ -129,8 +144,8 @@ def _case(text: str) -> tuple[str, int]:
 def _sizes(backbone: str, size: int) -> tuple[int, int, int]:
     """(samples, per-replica batch, epochs): enough steady epochs to time, small enough for 2 CPU cores."""
     if backbone == "tiny":
-        return 1024, 32, 4
-    return (128, 16, 3) if size <= 64 else (1024, 32, 4)
+        return 2048, 32, 5
+    return (256, 16, 4) if size <= 64 else (1024, 32, 4)
 
 
 def main(argv=None) -> None:
@@ -138,6 +153,10 @@ def main(argv=None) -> None:
     p.add_argument("--cases", default=",".join(CPU_CASES), help="comma-separated backbone@size")
     p.add_argument("--gpu", action="store_true", help=f"add {GPU_CASE} in each precision, XLA on and off")
     p.add_argument("--stage1", action="store_true", help="also Stage 1 with the feature cache on and off")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="runs of each side, interleaved; the medians are reported (one run's ratio varies by +-0.15)")
+    p.add_argument("--arrays", action="store_true",
+                   help="feed the pipeline whole arrays (one constant per stream) instead of Rows (what the pipeline was fed before Rows)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("medfusion").setLevel(logging.INFO)
@@ -158,9 +177,10 @@ def main(argv=None) -> None:
         backbone, size = _case(case)
         n, batch, epochs = _sizes(backbone, size)
         precision.configure(SimpleNamespace(precision=prec, jit_compile=str(jit)))
-        pipe = pipeline_epoch(backbone, size, n, batch, epochs, strategy, jit)
-        bare = bare_epoch(backbone, size, n, batch, epochs, strategy, jit)
-        lean = pipeline_epoch(backbone, size, n, batch, epochs, strategy, jit, save=False)
+        pipe, bare, lean = _interleaved(args.repeats, (
+            lambda: pipeline_epoch(backbone, size, n, batch, epochs, strategy, jit, rows=not args.arrays),
+            lambda: bare_epoch(backbone, size, n, batch, epochs, strategy, jit),
+            lambda: pipeline_epoch(backbone, size, n, batch, epochs, strategy, jit, save=False, rows=not args.arrays)))
         ratio = bare["samples_per_s"] / pipe["samples_per_s"]
         print(f"{case:<22}{prec:<16}{'on' if jit else 'off':<5}{pipe['samples_per_s']:>11.1f}"
               f"{bare['samples_per_s']:>9.1f}{ratio:>7.2f}{(pipe['checkpoint_bytes_per_save'] or 0) / 1e6:>9.2f}"

@@ -98,6 +98,13 @@ def test_pretrain_key_changes_with_seed_image_size_augmentation_and_replicas():
     for what, k in changed.items():
         assert k != base, f"the pre-training key ignores the {what}"
     assert len(set(changed.values())) == len(changed)
+    # "auto" is keyed as the job's worker resolves it: a GPU worker's auto entry is a mixed_float16 entry,
+    # never the float32 entry a CPU machine trained under the same configured value
+    auto = replace(cfg, "runtime.precision", "auto")
+    on_gpu = {"precision": "mixed_float16", "jit_compile": True}
+    assert key(_fake_ctx(auto)) == key(_fake_ctx(replace(cfg, "runtime.precision", "float32")))  # this CPU
+    gpu_key = pretrain_key(_fake_ctx(auto), "depth_rgb", tr, va, 1, numerics=on_gpu)
+    assert gpu_key != key(_fake_ctx(auto))
     # settings that do not change the pre-training do not change the key (the cache is shared across runs)
     for dotted, value in (("runtime.run_name", "other"), ("runtime.verbosity", 3), ("train.stage2.lr", 3e-5),
                           ("search.cv_folds", 5)):

@@ -101,6 +101,11 @@ class InlineExecutor:
     def replicas(self) -> int:
         return self.ctx.strategy.num_replicas_in_sync
 
+    def numerics(self) -> dict:
+        from medfusion.training.precision import resolved
+
+        return resolved(self.ctx.cfg.runtime)
+
     def has_capacity(self, n_running: int) -> bool:
         return n_running < 1
 

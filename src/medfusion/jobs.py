@@ -19,11 +19,13 @@ import pandas as pd
 
 from medfusion.config import config_to_dict, unfreeze_layers
 from medfusion.constants import CLASSES, image_modalities_of
+from medfusion.data.rows import Rows
 from medfusion.evaluation.decisions import fit_fusion_weight
 from medfusion.models.fusion import fusion_layer
 from medfusion.models.losses import focal_alpha
 from medfusion.runs import RunFolderError, atomic_write_json, read_run_arrays, set_aside, stage_folder_problem
 from medfusion.training.precision import jit_for
+from medfusion.training.precision import resolved as resolved_numerics
 from medfusion.training.checkpoint import StageCheckpoint, load_arrays, save_arrays
 from medfusion.training.stages import backbone_snapshot, predict, relative_change, run_stage, set_backbones_trainable
 from medfusion.training.transfer import transfer_weights
@@ -32,8 +34,9 @@ log = logging.getLogger("medfusion")
 
 
 def fold_inputs(crops: dict, idx: np.ndarray, modalities, metadata_proba: np.ndarray | None) -> dict:
-    """A model's inputs for the samples `idx`: image crops per modality and the forest's probabilities."""
-    x = {m: crops[m][idx] for m in modalities}
+    """A model's inputs for the samples `idx`: image crops per modality (rows of the run's arrays, not copies)
+    and the forest's probabilities."""
+    x = {m: Rows(crops[m], idx) for m in modalities}
     if metadata_proba is not None:
         x["metadata"] = metadata_proba.astype(np.float32)
     return x
@@ -94,24 +97,24 @@ def save_pipeline(pipeline, path: Path) -> None:
     tmp.replace(path)
 
 
-def pretrain_key(ctx, modality, tr, va, seed, replicas: int | None = None) -> str:
-    """Hash of everything that determines a pre-training's result (`replicas`: a job's, default ctx's)."""
+def pretrain_key(ctx, modality, tr, va, seed, replicas: int | None = None, numerics: dict | None = None) -> str:
+    """Hash of everything that determines a pre-training's result (`replicas` and `numerics`, precision.resolved's:
+    a job's worker's, default this process's)."""
     from medfusion import __version__
     from medfusion.models.backbones import weights_file_sha256
 
     cfg = ctx.cfg
-    crops = ctx.crops[modality][tr]
     payload = {
         # version 2: warm-up + fine-tune recipe, from-scratch BatchNorm trained, ImageNet input scaling from files
         "version": 2, "medfusion": __version__, "weights_sha256": weights_file_sha256(cfg.model.weights),
         "modality": modality, "train_ids": ctx.manifest.samples["sample_id"].iloc[tr].tolist(),
-        "labels": ctx.manifest.labels[tr].tolist(), "crops_sha256": hashlib.sha256(crops.tobytes()).hexdigest(),
+        "labels": ctx.manifest.labels[tr].tolist(), "crops_sha256": Rows(ctx.crops[modality], tr).sha256(),
         "image_size": cfg.data.image_size, "box_margin": cfg.data.box_margin,
         "model": config_to_dict(cfg.model), "pretrain": config_to_dict(cfg.train.pretrain),
         "focal_gamma": cfg.train.focal_gamma, "batch_size": cfg.train.batch_size, "augment": cfg.train.augment,
         "replicas": replicas or ctx.strategy.num_replicas_in_sync, "seed": seed,
-        # float16 and XLA change the numbers (as configured: "auto" resolves per machine)
-        "precision": cfg.runtime.precision, "jit_compile": cfg.runtime.jit_compile,
+        # float16 and XLA change the numbers: as the job's worker resolves them ("auto" differs per machine)
+        **(numerics or resolved_numerics(cfg.runtime)),
         # validation samples pick the restored epoch, so they shape the result too
         "val_ids": ctx.manifest.samples["sample_id"].iloc[va].tolist(),
     }
@@ -148,8 +151,8 @@ def pretrain_job(ctx, k, modality, tr, va, seed, key: str | None = None):
         with ctx.strategy.scope():
             model = build_pretrain_model(modality, cfg.model, cfg.data.image_size)
         y = ctx.manifest.labels
-        result = run_pretraining(modality, model, ctx.strategy, ({modality: ctx.crops[modality][tr]}, y[tr]),
-                                 ({modality: ctx.crops[modality][va]}, y[va]), cfg, seed,
+        result = run_pretraining(modality, model, ctx.strategy, ({modality: Rows(ctx.crops[modality], tr)}, y[tr]),
+                                 ({modality: Rows(ctx.crops[modality], va)}, y[va]), cfg, seed,
                                  checkpoint_dir=ctx.cache_dir / key,
                                  tensorboard_dir=ctx.run_dir / "tensorboard" / f"pretrain-{modality}" / f"fold_{k}")
         if not reused:

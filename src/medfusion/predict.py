@@ -18,6 +18,7 @@ import pandas as pd
 
 from medfusion.bundles import BundleError, bundle_dir, load_bundle
 from medfusion.constants import CLASSES, image_modalities_of
+from medfusion.data.rows import Rows
 from medfusion.evaluation.decisions import decide
 from medfusion.evaluation.late_fusion import is_late_fusion
 from medfusion.evaluation.visits import PROBA_COLUMNS, visit_table
@@ -86,7 +87,7 @@ def fold_ensemble(run_dir: Path, cfg, combination: str, manifest, strategy=None,
         if bundle.model is None:
             proba = meta.astype(np.float64)
         else:
-            inputs = {m: crops[m] for m in mods}
+            inputs = {m: Rows.all_of(crops[m]) for m in mods}  # gathered per batch: no per-fold copy
             if meta is not None:
                 inputs["metadata"] = meta
             proba = predict(bundle.model, inputs, max(cfg.train.batch_size, 32), replicas)

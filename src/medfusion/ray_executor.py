@@ -49,9 +49,12 @@ def ray_job(payload: dict, replicas: int, job, deps: dict) -> dict:
 
 
 def ray_probe(payload: dict) -> dict:
-    """How many replicas a job's worker gets (run once, with a job's resources, before planning)."""
+    """How many replicas a job's worker gets and the precision it resolves (run once, with a job's resources,
+    before planning: the driver may have no GPU)."""
+    from medfusion.training.precision import resolved
+
     ctx = _worker_context(payload, None)
-    return {"replicas": ctx.strategy.num_replicas_in_sync, "pid": os.getpid()}
+    return {"replicas": ctx.strategy.num_replicas_in_sync, "numerics": resolved(ctx.cfg.runtime), "pid": os.getpid()}
 
 
 def _passed_env() -> dict:
@@ -88,6 +91,7 @@ class RayExecutor:
         self.ref = ray.put({"cfg": cfg, "manifest": ctx.manifest, "crops": ctx.crops, "run_dir": str(ctx.run_dir),
                             "cache_dir": str(ctx.cache_dir), "threads": cpus})
         self.expected: int | None = None
+        self.probed: dict = {}
         log.info("ray: %s, %g CPU(s), %g GPU(s); each job gets %d CPU(s) and %d GPU(s), so up to %d at once",
                  f"cluster at {rt.ray_address}" if rt.ray_address else "local instance", res.get("CPU", 0),
                  res.get("GPU", 0), cpus, gpus,
@@ -96,8 +100,13 @@ class RayExecutor:
     def replicas(self) -> int:
         """The replica count of a job's worker (a probe task with a job's resources); jobs must all match it."""
         probe = self.ray.remote(ray_probe).options(**self.options)
-        self.expected = int(self.ray.get(probe.remote(self.ref))["replicas"])
+        self.probed = self.ray.get(probe.remote(self.ref))
+        self.expected = int(self.probed["replicas"])
         return self.expected
+
+    def numerics(self) -> dict:
+        """The precision and XLA setting the probed worker resolved (replicas() runs the probe)."""
+        return dict(self.probed["numerics"])
 
     def has_capacity(self, n_running: int) -> bool:
         return True  # Ray queues tasks until a worker has the resources

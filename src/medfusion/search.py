@@ -254,6 +254,7 @@ class Search:
         executor = make_executor(cfg, ctx)
         try:
             self.replicas = executor.replicas()
+            self.numerics = executor.numerics()
             with FileLog(self.run_dir / "run.log"):
                 self._check_replicas(executor.name)
             folds = {}
@@ -312,7 +313,7 @@ class Search:
             "labels": m.labels[sp.train].tolist(), "features": list(m.feature_columns),
             "forest": config_to_dict(self.cfg.forest), "seed": seed})}
         for mod in self.image_modalities:
-            keys[job_id("pretrain", k, mod)] = pretrain_key(self, mod, sp.fit, sp.sel, seed, self.replicas)
+            keys[job_id("pretrain", k, mod)] = pretrain_key(self, mod, sp.fit, sp.sel, seed, self.replicas, self.numerics)
         settings = {key: v for key, v in flatten(config_to_dict(self.cfg)).items() if not key.startswith("runtime.")}
         for combo in self.combinations:
             deps = [keys[job_id("forest", k)]] * ("metadata" in combo.split("+")) + \

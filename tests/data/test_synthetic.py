@@ -223,3 +223,16 @@ def test_demo_content_is_pinned(small_demo):
 
     assert DEMO_GENERATOR == 2
     assert _demo_digest(small_demo[0]) == SMALL_DEMO_DIGEST
+
+
+def test_a_study_larger_than_the_demo_draws_patient_numbers_from_every_3_digit_number():
+    """bench/peak_rss.sh needs ~630 patients; the demo's own draw (<= 299 patients) must stay the first release's."""
+    from medfusion.data.synthetic import _patient_numbers
+
+    first_release = np.sort(np.random.default_rng(7).choice(np.arange(1, 300), size=120, replace=False))
+    np.testing.assert_array_equal(_patient_numbers(np.random.default_rng(7), 120), first_release)
+    large = _patient_numbers(np.random.default_rng(7), 630)
+    assert len(set(large)) == 630 and large.min() >= 1 and large.max() <= 999 and large.max() > 299
+    assert np.all(np.diff(large) > 0)
+    with pytest.raises(ValueError, match="1 to 999 patients"):
+        _patient_numbers(np.random.default_rng(7), 1000)

@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 
 from medfusion.config import StageConfig
-from medfusion.data.pipeline import _augment, flip_codes, flip_variant
+from medfusion.data.pipeline import _augment, flip_codes
+from medfusion.data.rows import flip_variant
 from medfusion.models.fusion import build_fusion_model
 from medfusion.models.losses import focal_alpha
 from medfusion.training.stages import run_stage, set_backbones_trainable

@@ -2,7 +2,8 @@
 
 Inputs are dicts keyed by model input name (an image modality or "metadata"); images are
 uint8 crops in [0, 255] and are cast to float32 here, with no normalisation (the
-backbones rescale internally).
+backbones rescale internally). An image input may be `Rows` (data/rows.py): each batch's rows
+are then gathered from the run's one array, and the stream holds no copy of the images.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import tensorflow as tf
 
 from medfusion.config import augment_list
 from medfusion.constants import NUM_CLASSES
+from medfusion.data.rows import Rows
 
 # geometric augmentation ranges (train.augment): small enough that the wound stays in view
 ROTATE_DEG = 10.0  # uniform in +-ROTATE_DEG
@@ -55,6 +57,33 @@ def one_hot(labels: np.ndarray) -> np.ndarray:
 def _cast(features: dict) -> dict:
     """uint8 crops to float32; float inputs (probabilities, cached features of any float dtype) pass unchanged."""
     return {k: v if v.dtype.is_floating else tf.cast(v, tf.float32) for k, v in features.items()}
+
+
+def _gatherers(inputs: dict) -> dict:
+    """Per input, a function from a batch's positions (int64) to its rows, as a tensor.
+
+    Rows are read from their numpy array by tf.numpy_function (one batch copied per call); arrays
+    become one constant per stream (small ones: probabilities, cached features, test inputs).
+    """
+    out = {}
+    for k, v in inputs.items():
+        if isinstance(v, Rows):
+            out[k] = _rows_gatherer(v)
+        else:
+            const = tf.constant(v)
+            out[k] = lambda idx, const=const: tf.gather(const, idx)
+    return out
+
+
+def _rows_gatherer(rows: Rows):
+    dtype, tail = tf.as_dtype(rows.dtype), rows.shape[1:]
+
+    def gather(idx):
+        batch = tf.numpy_function(rows.take, [idx], dtype, stateful=False)
+        batch.set_shape([None, *tail])
+        return batch
+
+    return gather
 
 
 def _uniform(base, n, lo: float, hi: float, stream: int) -> tf.Tensor:
@@ -105,12 +134,6 @@ def flip_codes(seed: int, step, batch_size) -> tf.Tensor:
     return tf.cast(_flips(probe, base)[:, 0, 0, 0], tf.int64)
 
 
-def flip_variant(images: np.ndarray, code: int) -> np.ndarray:
-    """`images` (N, H, W, C) as _flips leaves them for flip `code` (exact: a flip moves pixels, nothing else)."""
-    out = images[:, :, ::-1] if code & 1 else images
-    return out[:, ::-1] if code & 2 else out
-
-
 def _augment(features: dict, seed: int, step, ops: tuple = ("flip",)) -> dict:
     """Augmentations `ops` (train.augment) from stateless ops keyed by (seed, step): a resumed run sees
     the same ones. Flips use the first release's keys, so `augment: true` runs are unchanged."""
@@ -148,12 +171,12 @@ def train_dataset(inputs: dict, labels: np.ndarray, plan: BatchPlan, seed: int, 
     interrupted one stopped. `augment`: train.augment, a list of config.AUGMENTATIONS (true = [flip]).
     """
     ops = augment_list(augment)
-    features = {k: tf.constant(v) for k, v in inputs.items()}
+    features = _gatherers(inputs)
     targets = tf.constant(one_hot(labels))
     ds = batch_stream(plan, seed, start_step)
 
     def load(step, idx):
-        x = _cast({k: tf.gather(v, idx) for k, v in features.items()})
+        x = _cast({k: take(idx) for k, take in features.items()})
         return (_augment(x, seed, step, ops) if ops else x), tf.gather(targets, idx)
 
     return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
@@ -172,8 +195,9 @@ def eval_dataset(inputs: dict, labels: np.ndarray | None, batch: int, replicas: 
     """One pass in order, no repeat: every sample seen exactly once.
 
     With several replicas every batch must split evenly, so the pass is padded to a multiple of
-    the batch (itself a multiple of the replicas) with copies of the first sample that carry
-    sample weight 0: metrics (kappa, accuracy) never count them, and `predict` drops their rows.
+    the batch (itself a multiple of the replicas) with the first sample again, carrying sample
+    weight 0: metrics (kappa, accuracy) never count them, and `predict` drops their rows. The
+    padding is positions, not copied images.
     """
     n = len(next(iter(inputs.values())))
     batch = max(1, min(batch, n))
@@ -181,17 +205,19 @@ def eval_dataset(inputs: dict, labels: np.ndarray | None, batch: int, replicas: 
     if replicas > 1:
         batch = max(replicas, batch + (-batch) % replicas)
         pad = (-n) % batch
-        inputs = {k: np.concatenate([v, np.repeat(v[:1], pad, axis=0)]) for k, v in inputs.items()}
+    positions = np.concatenate([np.arange(n), np.zeros(pad, np.int64)])
+    features = _gatherers(inputs)
+    ds = tf.data.Dataset.from_tensor_slices(positions).batch(batch)
     if labels is None:
-        ds = tf.data.Dataset.from_tensor_slices(inputs).batch(batch).map(_cast)
+        ds = ds.map(lambda idx: _cast({k: take(idx) for k, take in features.items()}))
     else:
-        targets = one_hot(labels)
-        if replicas > 1:
-            targets = np.concatenate([targets, np.repeat(targets[:1], pad, axis=0)])
-            weights = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
-            ds = tf.data.Dataset.from_tensor_slices((inputs, targets, weights)).batch(batch)
-            ds = ds.map(lambda x, y, w: (_cast(x), y, w))
-        else:
-            ds = tf.data.Dataset.from_tensor_slices((inputs, targets)).batch(batch)
-            ds = ds.map(lambda x, y: (_cast(x), y))
+        targets = tf.constant(one_hot(labels))
+        weights = tf.constant(np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)]))
+        order = tf.data.Dataset.from_tensor_slices((positions, np.arange(n + pad))).batch(batch)
+
+        def load(idx, at):
+            x, y = _cast({k: take(idx) for k, take in features.items()}), tf.gather(targets, idx)
+            return (x, y, tf.gather(weights, at)) if replicas > 1 else (x, y)
+
+        ds = order.map(load)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -182,12 +182,26 @@ class _Study:
             pd.DataFrame(rows, columns=BOX_CSV_COLUMNS).to_csv(root / name, index=False, lineterminator="\n")
 
 
+# patient numbers are drawn from 1..DEMO_PATIENT_POOL (the demo's random stream depends on it); a larger
+# study (bench/peak_rss.sh: real size, ~3,100 samples) draws from every 3-digit number the file names allow
+DEMO_PATIENT_POOL = 299
+MAX_PATIENTS = 999
+
+
+def _patient_numbers(rng: np.random.Generator, n_patients: int) -> np.ndarray:
+    if not 1 <= n_patients <= MAX_PATIENTS:
+        raise ValueError(f"n_patients={n_patients}: the file names hold a 3-digit patient number, so a synthetic "
+                         f"study has 1 to {MAX_PATIENTS} patients")
+    pool = DEMO_PATIENT_POOL if n_patients <= DEMO_PATIENT_POOL else MAX_PATIENTS
+    return np.sort(rng.choice(np.arange(1, pool + 1), size=n_patients, replace=False))
+
+
 def _generate_into(root: Path, seed: int, n_patients: int, log: logging.Logger) -> dict:
     rng = np.random.default_rng(seed)
     for folder in ("depth_rgb", "depth_map", "thermal_rgb", "thermal_map"):
         (root / folder).mkdir(parents=True)
     study = _Study(rng)
-    for p in np.sort(rng.choice(np.arange(1, 300), size=n_patients, replace=False)):
+    for p in _patient_numbers(rng, n_patients):
         study.add_patient(int(p))
     study.write_tables(root)
     depth_names = [j[1] for j in study.jobs if j[0] == "D"]

@@ -24,7 +24,8 @@ import numpy as np
 import tensorflow as tf
 
 from medfusion.config import augment_list
-from medfusion.data.pipeline import BatchPlan, batch_stream, eval_dataset, flip_codes, flip_variant, one_hot
+from medfusion.data.pipeline import BatchPlan, batch_stream, eval_dataset, flip_codes, one_hot
+from medfusion.data.rows import flip_variant
 from medfusion.models.fusion import backbone_layers
 
 log = logging.getLogger("medfusion")

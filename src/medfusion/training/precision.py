@@ -54,11 +54,19 @@ def resolve_jit(value, capabilities: list[tuple[int, int]]) -> bool:
     return bool(capabilities) if v == "auto" else v == "true"
 
 
+def resolved(runtime_cfg, caps: list[tuple[int, int]] | None = None) -> dict:
+    """{"precision", "jit_compile"} as this process's GPUs resolve them: what a job computes in, and so what
+    the pre-training key holds ("auto" is float32 on a CPU driver and mixed_float16 on a GPU worker)."""
+    caps = _gpu_capabilities() if caps is None else caps
+    return {"precision": resolve_precision(runtime_cfg.precision, caps),
+            "jit_compile": resolve_jit(runtime_cfg.jit_compile, caps)}
+
+
 def configure(runtime_cfg) -> dict:
     """Set the global dtype policy from runtime.precision; returns {"precision", "jit_compile"} as resolved."""
     caps = _gpu_capabilities()
-    precision = resolve_precision(runtime_cfg.precision, caps)
-    jit = resolve_jit(runtime_cfg.jit_compile, caps)
+    now = resolved(runtime_cfg, caps)
+    precision, jit = now["precision"], now["jit_compile"]
     keras.config.set_dtype_policy(precision)
     log.info("precision %s (runtime.precision: %s), XLA %s (runtime.jit_compile: %s); GPUs: %s", precision,
              runtime_cfg.precision, "on" if jit else "off", runtime_cfg.jit_compile,
