@@ -209,7 +209,8 @@ def eval_dataset(inputs: dict, labels: np.ndarray | None, batch: int, replicas: 
     features = _gatherers(inputs)
     ds = tf.data.Dataset.from_tensor_slices(positions).batch(batch)
     if labels is None:
-        ds = ds.map(lambda idx: _cast({k: take(idx) for k, take in features.items()}))
+        ds = ds.map(lambda idx: _cast({k: take(idx) for k, take in features.items()}),
+                    num_parallel_calls=tf.data.AUTOTUNE)
     else:
         targets = tf.constant(one_hot(labels))
         weights = tf.constant(np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)]))
@@ -219,5 +220,5 @@ def eval_dataset(inputs: dict, labels: np.ndarray | None, batch: int, replicas: 
             x, y = _cast({k: take(idx) for k, take in features.items()}), tf.gather(targets, idx)
             return (x, y, tf.gather(weights, at)) if replicas > 1 else (x, y)
 
-        ds = order.map(load)
+        ds = order.map(load, num_parallel_calls=tf.data.AUTOTUNE)  # in order: deterministic is the default
     return ds.prefetch(tf.data.AUTOTUNE)
