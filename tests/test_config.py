@@ -104,6 +104,7 @@ def _flag_cases(tmp_path):
         "ray_address": ("runtime.ray_address", "ray://head:10001", "ray://head:10001"),
         "cpus_per_job": ("runtime.cpus_per_job", "4", 4),
         "gpus_per_job": ("runtime.gpus_per_job", "2", 2),
+        "memory_per_job_gb": ("runtime.memory_per_job_gb", "10.5", 10.5),
         "job_retries": ("runtime.job_retries", "3", 3),
     }
 

@@ -101,3 +101,23 @@ def test_finished_jobs_read_back_in_plan_order_whatever_order_they_finished_in(t
         orders.append([(j["combination"], j["fold"]) for j in RunState(tmp_path / name).done_jobs()])
     assert orders[0] == orders[1] == [("metadata", 0), ("depth_rgb", 0), ("metadata+depth_rgb", 0),
                                       ("metadata", 1), ("depth_rgb", 1), ("metadata+depth_rgb", 1)]
+
+
+def test_ray_job_resources_follow_the_cluster_and_reserve_memory_only_when_asked():
+    from types import SimpleNamespace
+
+    from medfusion.ray_executor import job_resources
+
+    rt = lambda cpus=0, gpus=-1, mem=0.0: SimpleNamespace(cpus_per_job=cpus, gpus_per_job=gpus,  # noqa: E731
+                                                          memory_per_job_gb=mem)
+    cpu_node = {"CPU": 2.0, "memory": 16e9}
+    gpu_node = {"CPU": 16.0, "GPU": 4.0, "memory": 100e9}
+    assert job_resources(rt(), cpu_node) == {"num_cpus": 1, "num_gpus": 0, "max_retries": 0}
+    assert job_resources(rt(), gpu_node) == {"num_cpus": 4, "num_gpus": 1, "max_retries": 0}  # 16 CPUs / 4 GPUs
+    assert job_resources(rt(mem=10.5), cpu_node)["memory"] == 10_500_000_000
+    with pytest.raises(RuntimeError, match="largest offer is 16.0 GB"):
+        job_resources(rt(mem=20), cpu_node)
+    with pytest.raises(RuntimeError, match="has 2 CPU.*no job could start"):
+        job_resources(rt(cpus=4), cpu_node)
+    with pytest.raises(RuntimeError, match="0 GPU"):
+        job_resources(rt(gpus=1), cpu_node)

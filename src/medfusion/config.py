@@ -26,7 +26,7 @@ JIT_MODES = ("auto", "true", "false")  # runtime.jit_compile
 NON_RESULT_KEYS = frozenset({"data.demo_dir", "data.labels_required", "runtime.run_name", "runtime.logs_dir", "runtime.device_mode", "runtime.gpus",
                              "runtime.cpu_replicas", "runtime.verbosity", "runtime.resume_mode",
                              "runtime.deterministic", "train.checkpoint_every",
-                             "runtime.executor", "runtime.ray_address", "runtime.cpus_per_job",
+                             "runtime.executor", "runtime.ray_address", "runtime.cpus_per_job", "runtime.memory_per_job_gb",
                              "runtime.gpus_per_job", "runtime.job_retries"})
 EXECUTORS = ("inline", "ray")  # runtime.executor (executors.py)
 # runtime.precision and runtime.jit_compile ARE result-affecting: float16 and XLA's fused ops change the numbers
@@ -199,6 +199,7 @@ class RuntimeConfig:
     ray_address: str = ""  # empty: start a local Ray instance; "auto" or "ray://host:port": join a cluster
     cpus_per_job: int = 0  # 0: 1 without GPUs, else the cluster's CPUs per GPU
     gpus_per_job: int = -1  # -1: 1 when the cluster has GPUs, else 0
+    memory_per_job_gb: float = 0.0  # Ray memory reserved per job (0: none; jobs are then packed by CPUs/GPUs only)
     job_retries: int = 1  # a job that raises is run again this many times, then reported
 
 

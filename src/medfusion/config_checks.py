@@ -167,6 +167,7 @@ def _validate_runtime(r: RuntimeConfig) -> None:
     _check(r.cpus_per_job >= 0, "runtime.cpus_per_job", r.cpus_per_job, "must be >= 0 (0: automatic)")
     _check(r.gpus_per_job >= -1, "runtime.gpus_per_job", r.gpus_per_job, "must be >= 0, or -1 for automatic")
     _check(r.job_retries >= 0, "runtime.job_retries", r.job_retries, "must be >= 0")
+    _check(r.memory_per_job_gb >= 0, "runtime.memory_per_job_gb", r.memory_per_job_gb, "must be >= 0 (0: reserve none)")
     _check_run_name(r.run_name)
 
 

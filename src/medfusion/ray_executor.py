@@ -62,6 +62,28 @@ def _passed_env() -> dict:
     return {k: v for k, v in os.environ.items() if k.startswith(("TF_", "MEDFUSION_"))}
 
 
+def job_resources(rt, res: dict) -> dict:
+    """Ray task options for one job from runtime's per-job settings and the cluster's resources.
+
+    Memory is reserved only when asked for (runtime.memory_per_job_gb): Ray then starts no more jobs on a
+    node than its memory holds, where by CPUs alone two EfficientNetB3 Stage 2 jobs (~9 GB each on a CPU)
+    would share one 16 GB machine."""
+    gpus = rt.gpus_per_job if rt.gpus_per_job >= 0 else (1 if res.get("GPU", 0) > 0 else 0)
+    cpus = rt.cpus_per_job or (max(1, int(res.get("CPU", 1) // max(res.get("GPU", 0), 1))) if gpus else 1)
+    if cpus > res.get("CPU", 0) or gpus > res.get("GPU", 0):
+        raise RuntimeError(f"--cpus_per_job {cpus} / --gpus_per_job {gpus}: the Ray cluster has "
+                           f"{res.get('CPU', 0):g} CPU(s) and {res.get('GPU', 0):g} GPU(s); no job could start")
+    options = {"num_cpus": cpus, "num_gpus": gpus, "max_retries": 0}
+    if rt.memory_per_job_gb > 0:
+        memory = int(rt.memory_per_job_gb * 1e9)
+        if memory > res.get("memory", 0):
+            raise RuntimeError(f"--memory_per_job_gb {rt.memory_per_job_gb:g}: the Ray cluster's largest offer is "
+                               f"{res.get('memory', 0) / 1e9:.1f} GB of task memory; no job could start (lower it, "
+                               "or 0 to reserve none)")
+        options["memory"] = memory
+    return options
+
+
 class RayExecutor:
     name = "ray"
 
@@ -79,12 +101,8 @@ class RayExecutor:
             signal.signal(signal.SIGTERM, term)
             self.started = True
         res = ray.cluster_resources()
-        gpus = rt.gpus_per_job if rt.gpus_per_job >= 0 else (1 if res.get("GPU", 0) > 0 else 0)
-        cpus = rt.cpus_per_job or (max(1, int(res.get("CPU", 1) // res["GPU"])) if gpus else 1)
-        if cpus > res.get("CPU", 0) or gpus > res.get("GPU", 0):
-            raise RuntimeError(f"--cpus_per_job {cpus} / --gpus_per_job {gpus}: the Ray cluster has "
-                               f"{res.get('CPU', 0):g} CPU(s) and {res.get('GPU', 0):g} GPU(s); no job could start")
-        self.options = {"num_cpus": cpus, "num_gpus": gpus, "max_retries": 0}
+        self.options = job_resources(rt, res)
+        cpus, gpus = self.options["num_cpus"], self.options["num_gpus"]
         # a GPU job in a fresh worker each time: TensorFlow keeps the GPUs (and memory) it started with
         self._task = ray.remote(max_calls=1 if gpus else 0)(ray_job).options(**self.options)
         # the run's inputs go into the object store once; every task gets this one reference
