@@ -24,9 +24,8 @@ from medfusion.evaluation.decisions import fit_fusion_weight
 from medfusion.models.fusion import fusion_layer
 from medfusion.models.losses import focal_alpha
 from medfusion.runs import RunFolderError, atomic_write_json, read_run_arrays, set_aside, stage_folder_problem
-from medfusion.training.precision import jit_for
-from medfusion.training.precision import resolved as resolved_numerics
 from medfusion.training.checkpoint import StageCheckpoint, load_arrays, save_arrays
+from medfusion.training.precision import jit_for, resolved as resolved_numerics
 from medfusion.training.stages import backbone_snapshot, predict, relative_change, run_stage, set_backbones_trainable
 from medfusion.training.transfer import transfer_weights
 

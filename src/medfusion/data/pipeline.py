@@ -205,20 +205,17 @@ def eval_dataset(inputs: dict, labels: np.ndarray | None, batch: int, replicas: 
     if replicas > 1:
         batch = max(replicas, batch + (-batch) % replicas)
         pad = (-n) % batch
-    positions = np.concatenate([np.arange(n), np.zeros(pad, np.int64)])
     features = _gatherers(inputs)
-    ds = tf.data.Dataset.from_tensor_slices(positions).batch(batch)
-    if labels is None:
-        ds = ds.map(lambda idx: _cast({k: take(idx) for k, take in features.items()}),
-                    num_parallel_calls=tf.data.AUTOTUNE)
-    else:
-        targets = tf.constant(one_hot(labels))
-        weights = tf.constant(np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)]))
-        order = tf.data.Dataset.from_tensor_slices((positions, np.arange(n + pad))).batch(batch)
+    targets = None if labels is None else tf.constant(one_hot(labels))
 
-        def load(idx, at):
-            x, y = _cast({k: take(idx) for k, take in features.items()}), tf.gather(targets, idx)
-            return (x, y, tf.gather(weights, at)) if replicas > 1 else (x, y)
+    def load(at):
+        real = at < n  # positions past the end are pads: sample 0 again, weight 0
+        idx = tf.where(real, at, tf.zeros_like(at))
+        x = _cast({k: take(idx) for k, take in features.items()})
+        if targets is None:
+            return x
+        y = tf.gather(targets, idx)
+        return (x, y, tf.cast(real, tf.float32)) if replicas > 1 else (x, y)
 
-        ds = order.map(load, num_parallel_calls=tf.data.AUTOTUNE)  # in order: deterministic is the default
-    return ds.prefetch(tf.data.AUTOTUNE)
+    ds = tf.data.Dataset.range(n + pad).batch(batch)
+    return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)  # in order (the default)
