@@ -121,3 +121,17 @@ def test_ray_job_resources_follow_the_cluster_and_reserve_memory_only_when_asked
         job_resources(rt(cpus=4), cpu_node)
     with pytest.raises(RuntimeError, match="0 GPU"):
         job_resources(rt(gpus=1), cpu_node)
+
+
+def test_ray_address_is_the_flag_then_ray_address_env_then_a_new_local_instance(monkeypatch):
+    from types import SimpleNamespace
+
+    from medfusion.ray_executor import ray_address
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    # "local", not Ray's default None, which joins the last `ray start` cluster of the machine, dead or alive
+    assert ray_address(SimpleNamespace(ray_address="")) == ("local", "local")
+    assert ray_address(SimpleNamespace(ray_address="auto")) == ("auto", "auto")
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")  # as `ray job submit` sets it for its entrypoint
+    assert ray_address(SimpleNamespace(ray_address="")) == ("10.0.0.5:6379", "10.0.0.5:6379 (from RAY_ADDRESS)")
+    assert ray_address(SimpleNamespace(ray_address="ray://head:10001"))[0] == "ray://head:10001"

@@ -1,13 +1,17 @@
-"""--executor ray end to end (a local Ray instance on this machine's CPUs): same bytes as inline, a killed
-driver resumes without retraining, a failing job is retried, then reported while the rest finish."""
+"""--executor ray end to end, on a local Ray instance and on a `ray start --head` cluster (this machine's CPUs):
+same bytes as inline; a stopped or killed driver leaves no task running and resumes without retraining; a
+failing job is retried, then reported while the rest finish."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -54,26 +58,78 @@ def _wait_for_finished_jobs(state, proc, n, timeout=600):
     raise AssertionError("no finished job in time")
 
 
-def test_a_stopped_or_killed_ray_driver_resumes_with_the_same_command(tmp_path, tiny_data):
-    cmd = search_command(tmp_path / "logs", tiny_data, *COMBO, *RAY)
+@pytest.fixture
+def ray_cluster(tmp_path):
+    """A Ray cluster that outlives its drivers, as `ray start --head` makes one on a head node; yields its
+    address and the environment a driver connects with (token auth off: a throwaway cluster on loopback).
+
+    Stopped by a signal, it leaves /tmp/ray/ray_current_cluster naming the dead cluster, as a head node that
+    was killed does; the local-instance tests that run after it must not try to join it (ray_address())."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    log = tmp_path / "ray_start.log"
+    with open(log, "w") as out:
+        head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+                                 f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                                 "--disable-usage-stats"], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while "Ray runtime started" not in log.read_text():
+            assert head.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        yield head, f"127.0.0.1:{port}", env
+    finally:
+        os.killpg(head.pid, signal.SIGKILL)  # every process `ray start` started (SIGTERM: a 33 s graceful stop)
+        head.wait(timeout=60)
+
+
+def _gone(pids, timeout=30) -> set:
+    """The pids still alive after up to `timeout` s."""
+    deadline, alive = time.time() + timeout, set(pids)
+    while alive and time.time() < deadline:
+        for pid in list(alive):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                alive.discard(pid)
+        time.sleep(0.1)
+    return alive
+
+
+def _files(run) -> dict:
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file()}
+
+
+def test_a_stopped_or_killed_ray_driver_resumes_with_the_same_command(tmp_path, tiny_data, ray_cluster):
+    head, address, env = ray_cluster
+    cmd = search_command(tmp_path / "logs", tiny_data, *COMBO, *RAY, "--ray_address", address)
     run = tmp_path / "logs" / "e2e"
     start = lambda: subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,  # noqa: E731
-                                     text=True, start_new_session=True)
-    # SIGTERM (a preempted node) after the first finished job: running tasks cancelled, exit 130, resumable
+                                     text=True, start_new_session=True, env=env)
+    # SIGTERM (a preempted node) after the first finished job: exit 130, resumable, and none of the run's tasks
+    # left running on the cluster, which lives on
     proc = start()
     _wait_for_finished_jobs(run / "state.json", proc, 1)
     os.kill(proc.pid, signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out[-3000:]
-    assert "Resume with the same command" in out
-    # the same command, SIGKILLed once more jobs are finished
+    assert f"ray: cluster at {address}" in out and "Resume with the same command" in out, out[-3000:]
+    workers = set(pd.read_csv(run / "jobs.csv")["pid"])
+    assert not _gone(workers), f"the run's Ray workers {workers} kept running after their driver stopped"
+    before = _files(run)
+    time.sleep(3)  # a task still training would write an epoch's checkpoint or log line by now
+    assert _files(run) == before and head.poll() is None
+    # the same command, SIGKILLed once more jobs are finished: the cluster ends the dead driver's job itself
     proc = start()
     _wait_for_finished_jobs(run / "state.json", proc, 3)
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=120)
-    time.sleep(2)  # Ray's reaper stops the local instance's workers once their driver is gone
+    assert not _gone(set(pd.read_csv(run / "jobs.csv")["pid"]))
     finished = sorted(json.loads((run / "state.json").read_text())["jobs"])  # as the kill left it
-    resumed = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    resumed = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
     out = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, out[-3000:]
     results = pd.read_csv(run / "results.csv")

@@ -46,8 +46,8 @@ def _add_executor_flags(p: argparse.ArgumentParser) -> None:
                    help="inline: jobs one by one in this process (default); ray: jobs as Ray tasks, on a local Ray "
                         "instance or the cluster of --ray_address (docs/ray.md)")
     p.add_argument("--ray_address", "--ray-address",
-                   help="with --executor ray: 'auto' or ray://host:port joins a running cluster (default: start a "
-                        "local instance sized to this machine)")
+                   help="with --executor ray: 'auto', host:port or ray://host:port joins a running cluster "
+                        "(default: $RAY_ADDRESS if set, else a new local instance sized to this machine)")
     p.add_argument("--cpus_per_job", "--cpus-per-job", type=int,
                    help="with --executor ray: CPUs per job (default 1 without GPUs, else the CPUs per GPU)")
     p.add_argument("--gpus_per_job", "--gpus-per-job", type=int,

@@ -196,7 +196,7 @@ class RuntimeConfig:
     jit_compile: str = "auto"  # auto | true | false: XLA, passed to compile (auto: on with a GPU, off on CPU)
     # where jobs run (executors.py): inline = one by one in this process; ray = Ray tasks (docs/ray.md)
     executor: str = "inline"
-    ray_address: str = ""  # empty: start a local Ray instance; "auto" or "ray://host:port": join a cluster
+    ray_address: str = ""  # empty: $RAY_ADDRESS, else a new local instance; "auto", host:port, ray://: a cluster
     cpus_per_job: int = 0  # 0: 1 without GPUs, else the cluster's CPUs per GPU
     gpus_per_job: int = -1  # -1: 1 when the cluster has GPUs, else 0
     memory_per_job_gb: float = 0.0  # Ray memory reserved per job (0: none; jobs are then packed by CPUs/GPUs only)

@@ -62,6 +62,17 @@ def _passed_env() -> dict:
     return {k: v for k, v in os.environ.items() if k.startswith(("TF_", "MEDFUSION_"))}
 
 
+def ray_address(rt) -> tuple[str, str]:
+    """The address ray.init gets, and how the log names it: --ray_address, else $RAY_ADDRESS (what `ray job
+    submit` sets for its entrypoint), else a new local instance. Never Ray's own default, which joins the last
+    `ray start` cluster of this machine (a dead one hangs the driver) instead of the documented local instance."""
+    if rt.ray_address:
+        return rt.ray_address, rt.ray_address
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"], f"{os.environ['RAY_ADDRESS']} (from RAY_ADDRESS)"
+    return "local", "local"
+
+
 def job_resources(rt, res: dict) -> dict:
     """Ray task options for one job from runtime's per-job settings and the cluster's resources.
 
@@ -92,9 +103,11 @@ class RayExecutor:
 
         rt = cfg.runtime
         self.ray, self.started = ray, False
+        address, where = ray_address(rt)
         if not ray.is_initialized():
             term = signal.getsignal(signal.SIGTERM)
-            ray.init(address=rt.ray_address or None, include_dashboard=False, log_to_driver=True,
+            log.info("ray: %s", "starting a local instance" if address == "local" else f"connecting to {where}")
+            ray.init(address=address, include_dashboard=False, log_to_driver=True,
                      logging_level=logging.WARNING, runtime_env={"env_vars": _passed_env()})
             # Ray's failure handler takes SIGTERM (it dumps a stack and dies with 15); a preempted driver must
             # instead stop like Ctrl-C: cancel its tasks and leave the run resumable (cli.py's handler)
@@ -111,7 +124,7 @@ class RayExecutor:
         self.expected: int | None = None
         self.probed: dict = {}
         log.info("ray: %s, %g CPU(s), %g GPU(s); each job gets %d CPU(s) and %d GPU(s), so up to %d at once",
-                 f"cluster at {rt.ray_address}" if rt.ray_address else "local instance", res.get("CPU", 0),
+                 "local instance" if address == "local" else f"cluster at {where}", res.get("CPU", 0),
                  res.get("GPU", 0), cpus, gpus,
                  int(min(res.get("CPU", 0) // cpus, res.get("GPU", 0) // gpus if gpus else 1e9)))
 
@@ -143,6 +156,14 @@ class RayExecutor:
             return ref, exc
 
     def cancel(self, handles: list) -> None:
+        """Stop the running tasks by ending this driver's Ray job (close()); ray.cancel only on a caller's Ray.
+
+        Ray 2.60's ray.cancel can race a task that is just finishing and then abort the driver ("Tried to
+        complete task that was not pending"; bench/ray_cancel_race.py reproduces it), which turned a SIGTERM's
+        clean exit 130 into a crash. A driver that disconnects ends its job, and Ray stops the job's workers
+        at once, on a local instance and on a cluster alike (tests/test_ray.py)."""
+        if self.started:
+            return  # close() disconnects: Ray stops every task of this job
         for ref in handles:
             try:
                 self.ray.cancel(ref, force=True)
