@@ -68,7 +68,7 @@ def _constant_model():
     pooled = keras.layers.GlobalAveragePooling2D(name="depth_rgb_pool")(feats)
     out = keras.layers.Dense(3, activation="softmax", kernel_initializer="zeros",
                              bias_initializer=keras.initializers.Constant([0.2, 0.5, 0.3]), name="output")(pooled)
-    return keras.Model(inp, out)
+    return keras.Model({"depth_rgb": inp}, out)  # inputs as build_pretrain_model names them
 
 
 @pytest.mark.parametrize("method", METHODS)
