@@ -135,3 +135,20 @@ def test_ray_address_is_the_flag_then_ray_address_env_then_a_new_local_instance(
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")  # as `ray job submit` sets it for its entrypoint
     assert ray_address(SimpleNamespace(ray_address="")) == ("10.0.0.5:6379", "10.0.0.5:6379 (from RAY_ADDRESS)")
     assert ray_address(SimpleNamespace(ray_address="ray://head:10001"))[0] == "ray://head:10001"
+
+
+def test_ray_probe_runs_once_whichever_of_replicas_and_numerics_asks_first():
+    from types import SimpleNamespace
+
+    from medfusion.ray_executor import RayExecutor
+
+    probes = []
+    seen = {"replicas": 3, "numerics": {"precision": "mixed_float16", "jit_compile": True}, "pid": 7}
+    fake_ray = SimpleNamespace(
+        remote=lambda fn: SimpleNamespace(options=lambda **o: SimpleNamespace(remote=lambda ref: probes.append(ref))),
+        get=lambda obj: seen)
+    ex = RayExecutor.__new__(RayExecutor)  # no Ray instance: only the probe's bookkeeping is under test
+    ex.ray, ex.options, ex.ref, ex.probed, ex.expected = fake_ray, {}, "inputs-ref", {}, None
+    assert ex.numerics() == {"precision": "mixed_float16", "jit_compile": True}
+    assert ex.expected == 3  # jobs submitted after numerics() alone still check their worker's replica count
+    assert ex.replicas() == 3 and probes == ["inputs-ref"]

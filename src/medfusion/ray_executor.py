@@ -128,16 +128,21 @@ class RayExecutor:
                  res.get("GPU", 0), cpus, gpus,
                  int(min(res.get("CPU", 0) // cpus, res.get("GPU", 0) // gpus if gpus else 1e9)))
 
+    def _probe(self) -> dict:
+        """What a job's worker sees (one probe task with a job's resources, run once)."""
+        if not self.probed:
+            probe = self.ray.remote(ray_probe).options(**self.options)
+            self.probed = self.ray.get(probe.remote(self.ref))
+            self.expected = int(self.probed["replicas"])  # every job checks its worker has as many
+        return self.probed
+
     def replicas(self) -> int:
-        """The replica count of a job's worker (a probe task with a job's resources); jobs must all match it."""
-        probe = self.ray.remote(ray_probe).options(**self.options)
-        self.probed = self.ray.get(probe.remote(self.ref))
-        self.expected = int(self.probed["replicas"])
-        return self.expected
+        """The replica count of a job's worker; jobs must all match it."""
+        return int(self._probe()["replicas"])
 
     def numerics(self) -> dict:
-        """The precision and XLA setting the probed worker resolved (replicas() runs the probe)."""
-        return dict(self.probed["numerics"])
+        """The precision and XLA setting a job's worker resolves."""
+        return dict(self._probe()["numerics"])
 
     def has_capacity(self, n_running: int) -> bool:
         return True  # Ray queues tasks until a worker has the resources
