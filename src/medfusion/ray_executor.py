@@ -110,7 +110,7 @@ class RayExecutor:
             ray.init(address=address, include_dashboard=False, log_to_driver=True,
                      logging_level=logging.WARNING, runtime_env={"env_vars": _passed_env()})
             # Ray's failure handler takes SIGTERM (it dumps a stack and dies with 15); a preempted driver must
-            # instead stop like Ctrl-C: cancel its tasks and leave the run resumable (cli.py's handler)
+            # instead stop like Ctrl-C: stop its tasks and leave the run resumable (cli.py's handler)
             signal.signal(signal.SIGTERM, term)
             self.started = True
         res = ray.cluster_resources()
@@ -166,7 +166,7 @@ class RayExecutor:
         Ray 2.60's ray.cancel can race a task that is just finishing and then abort the driver ("Tried to
         complete task that was not pending"; bench/ray_cancel_race.py reproduces it), which turned a SIGTERM's
         clean exit 130 into a crash. A driver that disconnects ends its job, and Ray stops the job's workers
-        at once, on a local instance and on a cluster alike (tests/test_ray.py)."""
+        at once (measured on a local instance and a `ray start` cluster; tests/test_ray.py checks the cluster)."""
         if self.started:
             return  # close() disconnects: Ray stops every task of this job
         for ref in handles:
