@@ -158,7 +158,7 @@ def _quiet_interrupts(unraisable) -> None:
 def _interrupt(signum, frame):
     # remembered, because TensorFlow can turn the KeyboardInterrupt raised inside one of its callbacks into an
     # ordinary error, which must then stop the search rather than count as a job failure to retry
-    from medfusion.runs import mark_interrupted
+    from medfusion.stopping import mark_interrupted
 
     mark_interrupted()
     raise KeyboardInterrupt
@@ -215,7 +215,7 @@ def _data_dir_problem(args, cfg) -> str | None:
 def main(argv=None) -> int:
     import signal
 
-    from medfusion.runs import clear_interrupted
+    from medfusion.stopping import clear_interrupted
 
     clear_interrupted()  # a process that calls main() twice (tests) starts each search afresh
     signal.signal(signal.SIGTERM, _sigterm_to_interrupt)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from medfusion.plan import Job
 from medfusion.runner import JobContext, run_job
-from medfusion.runs import interrupted
+from medfusion.stopping import interrupted
 
 log = logging.getLogger("medfusion")
 

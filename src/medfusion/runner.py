@@ -25,7 +25,8 @@ from medfusion.constants import image_modalities_of
 from medfusion.evaluation.scoring import job_scores
 from medfusion.evaluation.visits import PROBA_COLUMNS
 from medfusion.plan import FoldSplit, Job
-from medfusion.runs import FileLog, atomic_write_csv, atomic_write_json, interrupted
+from medfusion.runs import FileLog, atomic_write_csv, atomic_write_json
+from medfusion.stopping import interrupted
 
 log = logging.getLogger("medfusion")
 

@@ -38,7 +38,8 @@ from medfusion.plan import resolve_combinations  # noqa: F401 - imported from he
 from medfusion.recompute import predict_fold, rescore_from_predictions
 from medfusion.run_folder import fold_assignment, open_run
 from medfusion.runner import JobContext, write_job_outputs
-from medfusion.runs import FileLog, RunState, atomic_write_csv, atomic_write_json, crash_point, read_run_csv, read_run_json
+from medfusion.runs import FileLog, RunState, atomic_write_csv, atomic_write_json, read_run_csv, read_run_json
+from medfusion.stopping import crash_point
 from medfusion.store import RunLock
 from medfusion.training.devices import describe
 

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medfusion.runs import atomic_write_json, crash_point
+from medfusion.runs import atomic_write_json
+from medfusion.stopping import crash_point
 
 
 class CheckpointError(RuntimeError):

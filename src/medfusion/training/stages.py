@@ -25,7 +25,7 @@ from medfusion.models.fusion import backbone_layers, fusion_layer
 from medfusion.models.losses import focal_loss
 from medfusion.models.metrics import CohenKappa
 from medfusion.training.callbacks import BestOnMetric, EpochLog
-from medfusion.runs import crash_point
+from medfusion.stopping import crash_point
 from medfusion.training import feature_cache
 from medfusion.training.checkpoint import (CheckpointError, StageCheckpoint, assign, changing_weights,
                                            frozen_fingerprint)
