@@ -51,9 +51,6 @@ class Rows:
         """The rows at `positions` (0..len-1) as an array: one batch's copy, nothing more."""
         return flip_variant(self.source[self.idx[np.asarray(positions, dtype=np.int64)]], self.flip)
 
-    def subset(self, positions) -> Rows:
-        return Rows(self.source, self.idx[np.asarray(positions, dtype=np.int64)], self.flip)
-
     def flipped(self, code: int) -> Rows:
         """These rows under flip `code` after any flip they already have (flips compose by xor)."""
         return Rows(self.source, self.idx, self.flip ^ int(code))
